@@ -1,0 +1,60 @@
+//! The RabbitMQ side both binaries share: connecting and declaring the
+//! topology. Declaring is idempotent, so each binary does it at start and the
+//! order in which they start does not matter.
+//!
+//! Topology: a durable event queue (default `likes.events`) whose dead letters
+//! go through the default exchange to a durable dead-letter queue (default
+//! `likes.dead`). Messages are published to the default exchange with the
+//! queue name as routing key, so no exchange needs declaring.
+
+use crate::config::{AmqpSettings, QueueType};
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable},
+};
+
+/// Opens a connection named `name` (shown in the management UI).
+pub async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(settings.url.expose(), properties).await
+}
+
+/// Declares the dead-letter queue, then the event queue that dead-letters into
+/// it. Redeclaring with the same arguments is harmless; with different ones
+/// the broker refuses (PRECONDITION_FAILED), which is reported, not hidden.
+pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            settings.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            queue_type_arguments(settings.queue_type),
+        )
+        .await?;
+    let mut arguments = queue_type_arguments(settings.queue_type);
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(settings.dead_letter_queue.as_str().into()),
+    );
+    channel
+        .queue_declare(
+            settings.queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            arguments,
+        )
+        .await?;
+    Ok(())
+}
+
+fn queue_type_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.as_str().into()),
+    );
+    arguments
+}

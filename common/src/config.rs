@@ -1,0 +1,320 @@
+//! Typed settings, loaded once in `main` and passed down.
+//!
+//! Defaults live in `config/default.toml` (compiled into the binaries), an
+//! optional file named by `LIKES_CONFIG` overrides them, and environment
+//! variables `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
+//! with deployments; the README lists each with its default:
+//!
+//! | key | default |
+//! |---|---|
+//! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
+//! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
+//! | `LIKES__API__PUBLISH_CHANNELS` | `4` |
+//! | `LIKES__AMQP__URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
+//! | `LIKES__AMQP__QUEUE` | `likes.events` |
+//! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
+//! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
+//! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
+//! | `LIKES__DATABASE__POOL_SIZE` | `8` |
+//! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
+//! | `LIKES__WORKER__BATCH_SIZE` | `500` |
+//! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
+//! | `LIKES__WORKER__PREFETCH` | `0` (= 2 × batch size) |
+//! | `LIKES__WORKER__RETRY_INITIAL_MS` | `100` |
+//! | `LIKES__WORKER__RETRY_MAX_MS` | `5000` |
+
+use serde::Deserialize;
+use std::{fmt, net::SocketAddr, time::Duration};
+
+const DEFAULTS: &str = include_str!("../../config/default.toml");
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read settings: {0}")]
+    Load(#[from] ::config::ConfigError),
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Every setting of the service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub amqp: AmqpSettings,
+    pub database: DatabaseSettings,
+    pub worker: WorkerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub confirm_timeout_ms: u64,
+    pub publish_channels: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    pub url: SecretUrl,
+    pub queue: String,
+    pub dead_letter_queue: String,
+    pub queue_type: QueueType,
+}
+
+/// RabbitMQ queue type of the event queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: SecretUrl,
+    pub pool_size: u32,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub batch_size: usize,
+    pub batch_max_wait_ms: u64,
+    pub prefetch: u16,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Settings {
+    /// Defaults, then the file named by `LIKES_CONFIG` (if set), then `LIKES__*`
+    /// environment variables. For the binaries' `main`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let file = std::env::var_os("LIKES_CONFIG").map(std::path::PathBuf::from);
+        Self::load_from(file, None)
+    }
+
+    /// [`Settings::load`] with the environment given as a map instead of read
+    /// from the process (`None` reads the process environment).
+    pub fn load_from(
+        file: Option<std::path::PathBuf>,
+        env: Option<::config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = ::config::Config::builder().add_source(defaults_source());
+        if let Some(path) = file {
+            builder = builder.add_source(::config::File::from(path));
+        }
+        let settings: Self = builder
+            .add_source(
+                ::config::Environment::with_prefix("LIKES")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(env),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The committed defaults alone, ignoring the environment: what tests start
+    /// from before setting fields in code.
+    pub fn defaults() -> Self {
+        ::config::Config::builder()
+            .add_source(defaults_source())
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .expect("config/default.toml is valid: it is compiled in and covered by tests")
+    }
+
+    /// Checks what serde cannot: relations between settings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        if w.batch_size == 0 || w.batch_size > usize::from(u16::MAX) {
+            return Err(invalid("worker.batch_size", "must be between 1 and 65535"));
+        }
+        if w.prefetch != 0 && usize::from(w.prefetch) < w.batch_size {
+            return Err(invalid(
+                "worker.prefetch",
+                format!(
+                    "{} is below worker.batch_size {}: a batch could never fill",
+                    w.prefetch, w.batch_size
+                ),
+            ));
+        }
+        if self.api.publish_channels == 0 {
+            return Err(invalid("api.publish_channels", "must be at least 1"));
+        }
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn defaults_source() -> ::config::File<::config::FileSourceString, ::config::FileFormat> {
+    ::config::File::from_str(DEFAULTS, ::config::FileFormat::Toml)
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+impl ApiSettings {
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_millis(self.confirm_timeout_ms)
+    }
+}
+
+impl DatabaseSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+impl WorkerSettings {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    /// The prefetch to ask the broker for: the configured one, or twice the
+    /// batch size so the next batch streams in while one is being written.
+    pub fn effective_prefetch(&self) -> u16 {
+        if self.prefetch != 0 {
+            self.prefetch
+        } else {
+            u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX)
+        }
+    }
+
+    pub fn retry_initial(&self) -> Duration {
+        Duration::from_millis(self.retry_initial_ms)
+    }
+
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
+}
+
+/// A URL that may carry a password: `Debug` and `Display` mask it, so settings
+/// can be logged. [`SecretUrl::expose`] gives the real URL to the client library.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the client library only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_password(&self.0))
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// `scheme://user:secret@host/..` → `scheme://user:***@host/..`.
+fn redact_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let authority_end = url[scheme_end..]
+        .find('/')
+        .map_or(url.len(), |i| scheme_end + i);
+    let authority = &url[scheme_end..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    match authority[..at].find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &url[..scheme_end],
+            &authority[..colon],
+            &url[scheme_end + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let s = Settings::defaults();
+        s.validate().expect("defaults are valid");
+        assert_eq!(s.amqp.queue, "likes.events");
+        assert_eq!(s.amqp.dead_letter_queue, "likes.dead");
+        assert_eq!(s.worker.batch_size, 500);
+        assert_eq!(s.worker.batch_max_wait_ms, 50);
+        assert_eq!(s.worker.effective_prefetch(), 1000);
+        assert_eq!(s.api.listen.to_string(), "127.0.0.1:50051");
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let env = [
+            ("LIKES__WORKER__BATCH_SIZE", "1000"),
+            ("LIKES__WORKER__BATCH_MAX_WAIT_MS", "20"),
+            ("LIKES__AMQP__QUEUE", "q.events"),
+            ("LIKES__AMQP__QUEUE_TYPE", "quorum"),
+            ("LIKES__API__LISTEN", "0.0.0.0:6000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = Settings::load_from(None, Some(env)).expect("valid overrides");
+        assert_eq!(s.worker.batch_size, 1000);
+        assert_eq!(s.worker.batch_max_wait_ms, 20);
+        assert_eq!(s.worker.effective_prefetch(), 2000);
+        assert_eq!(s.amqp.queue, "q.events");
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
+        assert_eq!(s.api.listen.port(), 6000);
+        assert_eq!(s.amqp.dead_letter_queue, "likes.dead");
+    }
+
+    #[test]
+    fn prefetch_below_batch_size_is_rejected() {
+        let mut s = Settings::defaults();
+        s.worker.prefetch = 10;
+        let err = s.validate().expect_err("prefetch 10 < batch 500");
+        assert!(err.to_string().contains("worker.prefetch"), "{err}");
+    }
+
+    #[test]
+    fn passwords_are_masked_when_shown() {
+        let url = SecretUrl::new("amqp://guest:s3cret@host:5672/%2f");
+        assert_eq!(url.to_string(), "amqp://guest:***@host:5672/%2f");
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.expose(), "amqp://guest:s3cret@host:5672/%2f");
+        assert_eq!(
+            SecretUrl::new("postgres://postgres@127.0.0.1/likes").to_string(),
+            "postgres://postgres@127.0.0.1/likes"
+        );
+    }
+}

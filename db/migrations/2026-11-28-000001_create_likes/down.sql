@@ -1,0 +1,2 @@
+DROP TABLE like_counts;
+DROP TABLE likes;

@@ -1,0 +1,48 @@
+//! Errors of the database layer.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connect(#[from] diesel::ConnectionError),
+    #[error("no PostgreSQL connection available: {0}")]
+    Pool(String),
+    #[error("query failed: {0}")]
+    Query(#[from] DieselError),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error("invalid database url {url}: {reason}")]
+    InvalidUrl { url: String, reason: &'static str },
+}
+
+impl DbError {
+    /// Whether trying again later may succeed: lost connections, pool
+    /// timeouts, deadlocks, serialization failures, a server shutting down.
+    /// Constraint violations and bad data fail the same way every time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Pool(_) => true,
+            Self::Query(DieselError::DatabaseError(kind, _)) => !matches!(
+                kind,
+                DatabaseErrorKind::UniqueViolation
+                    | DatabaseErrorKind::ForeignKeyViolation
+                    | DatabaseErrorKind::NotNullViolation
+                    | DatabaseErrorKind::CheckViolation
+                    | DatabaseErrorKind::RestrictViolation
+                    | DatabaseErrorKind::ExclusionViolation
+            ),
+            Self::Query(
+                DieselError::BrokenTransactionManager | DieselError::AlreadyInTransaction,
+            ) => true,
+            Self::Query(_) | Self::Migration(_) | Self::InvalidUrl { .. } => false,
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> From<bb8::RunError<E>> for DbError {
+    fn from(error: bb8::RunError<E>) -> Self {
+        Self::Pool(error.to_string())
+    }
+}

@@ -1,0 +1,12 @@
+//! PostgreSQL for the likes service: schema, embedded migrations, the bb8
+//! connection pool and every query either binary runs.
+
+pub mod error;
+pub mod models;
+pub mod pool;
+pub mod repository;
+pub mod schema;
+
+pub use error::DbError;
+pub use models::{Action, LikeChange, WriteOutcome};
+pub use pool::{PgPool, connect, ensure_database, run_migrations};

@@ -1,0 +1,133 @@
+//! Connecting: creating the database if missing, running the embedded
+//! migrations and building the bb8 pool.
+
+use crate::DbError;
+use diesel::{OptionalExtension, QueryableByName, sql_types::Text};
+use diesel_async::{
+    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
+    pooled_connection::{AsyncDieselConnectionManager, bb8::Pool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use likes_common::config::DatabaseSettings;
+
+/// The connection pool both binaries use.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Any 64-bit key, the same in every process: serialises concurrent migration
+/// runs (an api and a worker starting together) on a session advisory lock.
+const MIGRATION_LOCK_KEY: i64 = 0x6c69_6b65_735f_6d69; // "likes_mi"
+
+/// Creates the database if needed, runs migrations, and returns a pool.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    let url = settings.url.expose();
+    ensure_database(url).await?;
+    run_migrations(url).await?;
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    Pool::builder()
+        .max_size(settings.pool_size)
+        .connection_timeout(settings.connect_timeout())
+        .build(manager)
+        .await
+        .map_err(|e| DbError::Pool(e.to_string()))
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = Text)]
+    #[allow(dead_code)]
+    datname: String,
+}
+
+/// Creates the database named in `url` unless it exists, connecting to the
+/// `postgres` maintenance database of the same server to do so.
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let (server_url, name) = split_database_url(url)?;
+    let mut conn = AsyncPgConnection::establish(&format!("{server_url}/postgres")).await?;
+    let found = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
+        .bind::<Text, _>(name)
+        .get_result::<Exists>(&mut conn)
+        .await
+        .optional()?;
+    if found.is_some() {
+        return Ok(());
+    }
+    let create = format!("CREATE DATABASE {}", quote_identifier(name));
+    match diesel::sql_query(create).execute(&mut conn).await {
+        Ok(_) => Ok(()),
+        // Another process created it between our check and our CREATE.
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("already exists") =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs the embedded migrations that have not run yet, one process at a time.
+pub async fn run_migrations(url: &str) -> Result<(), DbError> {
+    let mut conn = AsyncPgConnection::establish(url).await?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .execute(&mut conn)
+        .await?;
+    // The harness drives the async connection with `block_in_place`, which
+    // needs the multi-threaded runtime; both binaries and the tests use it.
+    let mut harness = AsyncMigrationHarness::new(conn);
+    let applied = harness
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(|e| DbError::Migration(e.to_string()))?
+        .len();
+    if applied > 0 {
+        tracing::info!(migrations.applied = applied, "database migrated");
+    }
+    // Dropping the connection ends the session and releases the lock.
+    drop(harness.into_inner());
+    Ok(())
+}
+
+/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`).
+fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
+    let invalid = |reason| DbError::InvalidUrl {
+        url: likes_common::config::SecretUrl::new(url).to_string(),
+        reason,
+    };
+    let authority_start = url.find("://").ok_or_else(|| invalid("no scheme"))? + 3;
+    let slash = url[authority_start..]
+        .find('/')
+        .map(|i| authority_start + i)
+        .ok_or_else(|| invalid("no database name"))?;
+    let rest = &url[slash + 1..];
+    let name = rest.split(['?', '#']).next().unwrap_or_default();
+    if name.is_empty() {
+        return Err(invalid("no database name"));
+    }
+    Ok((&url[..slash], name))
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_server_and_database_name() {
+        let (server, name) =
+            split_database_url("postgres://postgres@127.0.0.1:5432/likes?sslmode=disable")
+                .expect("valid url");
+        assert_eq!(server, "postgres://postgres@127.0.0.1:5432");
+        assert_eq!(name, "likes");
+        assert!(split_database_url("postgres://h:5432").is_err());
+        assert!(split_database_url("postgres://h:5432/").is_err());
+    }
+
+    #[test]
+    fn quotes_identifiers() {
+        assert_eq!(quote_identifier("likes"), "\"likes\"");
+        assert_eq!(quote_identifier("a\"b"), "\"a\"\"b\"");
+    }
+}

@@ -1,0 +1,218 @@
+//! Every query of the service.
+//!
+//! Writes come in batches from the worker: [`write_batch`] applies a whole
+//! batch in one SQL statement (so one implicit transaction), whatever its
+//! size, by passing each column as one array parameter to `unnest`. That keeps
+//! the statement far below PostgreSQL's 65,535 bind-parameter limit (it uses
+//! five) and lets the server plan it once.
+
+use crate::{
+    DbError,
+    models::{Action, LikeChange, WriteOutcome},
+    schema::{like_counts, likes},
+};
+use diesel::{
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName,
+    sql_types::{Array, BigInt, Bool, Text, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use likes_common::ids::{PostId, UserId};
+use std::collections::HashMap;
+
+/// Upserts each pair's state where the event is newer than the stored one,
+/// and adds the resulting changes to the per-post counters: one counter row
+/// update per post, in post id order so concurrent workers lock counter rows
+/// in the same order and cannot deadlock on them.
+///
+/// `last_delta` is computed from the stored row (`l`) inside ON CONFLICT,
+/// which PostgreSQL evaluates on the latest committed version under a row
+/// lock, so the counter stays exact when workers race on the same pair.
+const WRITE_BATCH_SQL: &str = r#"
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::uuid[])
+        AS t(post_id, user_id, liked, event_at_micros, event_id)
+),
+changed AS (
+    INSERT INTO likes AS l (post_id, user_id, liked, event_at_micros, event_id, last_delta)
+    SELECT post_id, user_id, liked, event_at_micros, event_id, liked::int::smallint
+    FROM input
+    ON CONFLICT (post_id, user_id) DO UPDATE
+        SET liked = EXCLUDED.liked,
+            event_at_micros = EXCLUDED.event_at_micros,
+            event_id = EXCLUDED.event_id,
+            last_delta = EXCLUDED.liked::int - l.liked::int
+        WHERE (l.event_at_micros, l.event_id) < (EXCLUDED.event_at_micros, EXCLUDED.event_id)
+    RETURNING l.post_id, l.last_delta
+),
+counted AS (
+    INSERT INTO like_counts AS c (post_id, count)
+    SELECT post_id, sum(last_delta)
+    FROM changed
+    GROUP BY post_id
+    HAVING sum(last_delta) <> 0
+    ORDER BY post_id
+    ON CONFLICT (post_id) DO UPDATE SET count = c.count + EXCLUDED.count
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM changed) AS rows_changed,
+       (SELECT count(*) FROM counted) AS counters_changed
+"#;
+
+#[derive(QueryableByName)]
+struct BatchRow {
+    #[diesel(sql_type = BigInt)]
+    rows_changed: i64,
+    #[diesel(sql_type = BigInt)]
+    counters_changed: i64,
+}
+
+/// Applies a batch of likes and unlikes in one statement.
+///
+/// Several events for one pair are folded first to the last one by
+/// (`occurred_at_micros`, `event_id`): PostgreSQL refuses an ON CONFLICT DO
+/// UPDATE that touches a row twice, and only the last event matters. Pairs are
+/// then sorted, so concurrent batches lock rows in the same order. Events
+/// older than what is stored change nothing, so redelivered or late events
+/// are harmless: the batch is idempotent.
+pub async fn write_batch(
+    conn: &mut AsyncPgConnection,
+    changes: &[LikeChange],
+) -> Result<WriteOutcome, DbError> {
+    let latest = fold_to_latest(changes);
+    if latest.is_empty() {
+        return Ok(WriteOutcome::default());
+    }
+    let mut post_ids = Vec::with_capacity(latest.len());
+    let mut user_ids = Vec::with_capacity(latest.len());
+    let mut liked = Vec::with_capacity(latest.len());
+    let mut at = Vec::with_capacity(latest.len());
+    let mut event_ids = Vec::with_capacity(latest.len());
+    for change in &latest {
+        post_ids.push(change.post_id.as_str());
+        user_ids.push(change.user_id.as_str());
+        liked.push(change.action == Action::Like);
+        at.push(change.occurred_at_micros);
+        event_ids.push(change.event_id);
+    }
+    let row = diesel::sql_query(WRITE_BATCH_SQL)
+        .bind::<Array<Text>, _>(post_ids)
+        .bind::<Array<Text>, _>(user_ids)
+        .bind::<Array<Bool>, _>(liked)
+        .bind::<Array<BigInt>, _>(at)
+        .bind::<Array<SqlUuid>, _>(event_ids)
+        .get_result::<BatchRow>(conn)
+        .await?;
+    Ok(WriteOutcome {
+        pairs: latest.len(),
+        rows_changed: row.rows_changed,
+        counters_changed: row.counters_changed,
+    })
+}
+
+/// The last change of each (post, user) pair, sorted by pair.
+fn fold_to_latest(changes: &[LikeChange]) -> Vec<&LikeChange> {
+    let mut latest: HashMap<(&str, &str), &LikeChange> = HashMap::with_capacity(changes.len());
+    for change in changes {
+        latest
+            .entry((change.post_id.as_str(), change.user_id.as_str()))
+            .and_modify(|kept| {
+                if change.order_key() > kept.order_key() {
+                    *kept = change;
+                }
+            })
+            .or_insert(change);
+    }
+    let mut pairs: Vec<_> = latest.into_values().collect();
+    pairs.sort_unstable_by(|a, b| (&a.post_id, &a.user_id).cmp(&(&b.post_id, &b.user_id)));
+    pairs
+}
+
+/// The like count of a post; 0 for a post never liked.
+pub async fn like_count(conn: &mut AsyncPgConnection, post: &PostId) -> Result<i64, DbError> {
+    let count = like_counts::table
+        .find(post.as_str())
+        .select(like_counts::count)
+        .first::<i64>(conn)
+        .await
+        .optional()?;
+    Ok(count.unwrap_or(0))
+}
+
+/// Counts of several posts; every requested post is in the map, 0 if never liked.
+pub async fn like_counts(
+    conn: &mut AsyncPgConnection,
+    posts: &[PostId],
+) -> Result<HashMap<String, i64>, DbError> {
+    let mut counts: HashMap<String, i64> = posts.iter().map(|p| (p.to_string(), 0)).collect();
+    let found = like_counts::table
+        .filter(like_counts::post_id.eq_any(posts.iter().map(PostId::as_str)))
+        .select((like_counts::post_id, like_counts::count))
+        .load::<(String, i64)>(conn)
+        .await?;
+    counts.extend(found);
+    Ok(counts)
+}
+
+/// Whether the user currently likes the post.
+pub async fn has_liked(
+    conn: &mut AsyncPgConnection,
+    post: &PostId,
+    user: &UserId,
+) -> Result<bool, DbError> {
+    let liked = likes::table
+        .find((post.as_str(), user.as_str()))
+        .select(likes::liked)
+        .first::<bool>(conn)
+        .await
+        .optional()?;
+    Ok(liked.unwrap_or(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn change(post: &str, user: &str, action: Action, at: i64) -> LikeChange {
+        LikeChange {
+            event_id: Uuid::now_v7(),
+            post_id: PostId::parse(post).expect("valid"),
+            user_id: UserId::parse(user).expect("valid"),
+            action,
+            occurred_at_micros: at,
+        }
+    }
+
+    #[test]
+    fn folding_keeps_the_last_event_of_each_pair_in_pair_order() {
+        let changes = vec![
+            change("p2", "u1", Action::Like, 10),
+            change("p1", "u1", Action::Unlike, 30),
+            change("p1", "u1", Action::Like, 20),
+            change("p1", "u2", Action::Like, 5),
+        ];
+        let folded = fold_to_latest(&changes);
+        let seen: Vec<_> = folded
+            .iter()
+            .map(|c| (c.post_id.as_str(), c.user_id.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("p1", "u1", Action::Unlike),
+                ("p1", "u2", Action::Like),
+                ("p2", "u1", Action::Like),
+            ]
+        );
+    }
+
+    #[test]
+    fn folding_breaks_time_ties_by_event_id() {
+        let first = change("p", "u", Action::Like, 7);
+        let second = change("p", "u", Action::Unlike, 7);
+        assert!(second.event_id > first.event_id, "UUIDv7 is time-ordered");
+        let changes = [second.clone(), first];
+        assert_eq!(fold_to_latest(&changes)[0].action, Action::Unlike);
+    }
+}

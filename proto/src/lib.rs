@@ -1,0 +1,18 @@
+//! The gRPC and queue contract of the likes service, generated from
+//! `proto/likes/v1/likes.proto` at build time.
+//!
+//! `pb` holds the messages, the `LikeService` server and client, and the
+//! `LikeEvent` that travels through RabbitMQ. [`FILE_DESCRIPTOR_SET`] is what
+//! server reflection serves, so grpcurl works without the .proto file.
+
+/// Generated code for package `likes.v1`.
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("likes.v1");
+}
+
+/// Encoded `FileDescriptorSet` of `likes.proto`, for tonic-reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("likes_descriptor");
+
+/// Content type of a protobuf-encoded [`pb::LikeEvent`] on the queue.
+pub const LIKE_EVENT_CONTENT_TYPE: &str = "application/x-protobuf";
