@@ -1,1 +1,105 @@
+//! The likes api: a tonic server for `likes.v1.LikeService` with health and
+//! reflection. Like/Unlike become persistent messages on RabbitMQ, answered
+//! OK only once the broker confirmed them; counts are read from PostgreSQL.
+//!
+//! `main.rs` only loads settings and calls [`Application::build`] and
+//! [`Application::run_until_stopped`], so tests start exactly this code.
 
+pub mod error;
+pub mod publisher;
+pub mod service;
+pub mod validate;
+
+use anyhow::Context;
+use likes_common::Settings;
+use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
+use publisher::Publisher;
+use service::LikeApi;
+use std::{net::SocketAddr, sync::Arc};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
+
+/// A built api, bound to its listener, ready to serve.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    publisher: Arc<Publisher>,
+    pool: likes_db::PgPool,
+}
+
+impl Application {
+    /// Connects to RabbitMQ (declaring the topology) and PostgreSQL (creating
+    /// the database and migrating it) and takes `listener` to serve on.
+    pub async fn build(settings: &Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        let local_addr = listener.local_addr().context("reading the bound address")?;
+        let publisher = Publisher::connect(
+            &settings.amqp,
+            settings.api.publish_channels,
+            settings.api.confirm_timeout(),
+        )
+        .await
+        .with_context(|| format!("connecting to RabbitMQ at {}", settings.amqp.url))?;
+        let pool = likes_db::connect(&settings.database)
+            .await
+            .with_context(|| format!("connecting to PostgreSQL at {}", settings.database.url))?;
+        Ok(Self {
+            listener,
+            local_addr,
+            publisher: Arc::new(publisher),
+            pool,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting calls,
+    /// lets those in flight finish (with their confirms) and closes AMQP.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<LikeServiceServer<LikeApi>>().await;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let api = LikeApi::new(Arc::clone(&self.publisher), self.pool.clone());
+
+        tracing::info!(listen = %self.local_addr, "likes-api serving");
+        let stopping = {
+            let health = health.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                set_not_serving(&health).await;
+                tracing::info!("likes-api stopping: finishing calls in flight");
+            }
+        };
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(LikeServiceServer::new(api))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
+            .await
+            .context("serving gRPC")?;
+        self.publisher.close().await;
+        tracing::info!("likes-api stopped");
+        Ok(())
+    }
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+async fn set_not_serving(health: &HealthReporter) {
+    health.set_not_serving::<LikeServiceServer<LikeApi>>().await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}

@@ -1,1 +1,19 @@
-fn main() {}
+//! `likes-api`: loads settings, starts telemetry, serves until SIGINT/SIGTERM.
+
+use anyhow::Context;
+use likes_common::{Settings, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("info");
+    let settings = Settings::load().context("loading settings")?;
+    tracing::debug!(?settings, "settings loaded");
+    let listener = tokio::net::TcpListener::bind(settings.api.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.api.listen))?;
+    let app = likes_api::Application::build(&settings, listener).await?;
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    app.run_until_stopped(token).await
+}

@@ -22,6 +22,7 @@
 //! | `LIKES__WORKER__PREFETCH` | `0` (= 2 × batch size) |
 //! | `LIKES__WORKER__RETRY_INITIAL_MS` | `100` |
 //! | `LIKES__WORKER__RETRY_MAX_MS` | `5000` |
+//! | `LIKES__WORKER__RETRY_BUDGET_MS` | `60000` |
 
 use serde::Deserialize;
 use std::{fmt, net::SocketAddr, time::Duration};
@@ -92,6 +93,7 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    pub retry_budget_ms: u64,
 }
 
 impl Settings {
@@ -205,6 +207,10 @@ impl WorkerSettings {
 
     pub fn retry_max(&self) -> Duration {
         Duration::from_millis(self.retry_max_ms)
+    }
+
+    pub fn retry_budget(&self) -> Duration {
+        Duration::from_millis(self.retry_budget_ms)
     }
 }
 

@@ -13,6 +13,15 @@ use likes_common::config::DatabaseSettings;
 /// The connection pool both binaries use.
 pub type PgPool = Pool<AsyncPgConnection>;
 
+/// A connection borrowed from a [`PgPool`].
+pub type PooledConnection<'a> =
+    diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncPgConnection>;
+
+/// Borrows a connection, waiting at most the pool's connect timeout.
+pub async fn checkout(pool: &PgPool) -> Result<PooledConnection<'_>, DbError> {
+    Ok(pool.get().await?)
+}
+
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
 /// Any 64-bit key, the same in every process: serialises concurrent migration

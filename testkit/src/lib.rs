@@ -1,1 +1,162 @@
+//! Test support for the likes service (unpublished).
+//!
+//! Every test gets a [`TestEnv`]: its own PostgreSQL database and its own
+//! queue names, with random suffixes, removed when the env is dropped, so
+//! tests run in parallel against the real RabbitMQ and PostgreSQL on
+//! localhost and leave nothing behind. [`TestEnv::spawn_api`] and
+//! [`TestEnv::spawn_worker`] start the real api and worker code in-process.
 
+mod cleanup;
+mod running;
+pub mod verify;
+
+pub use running::{RunningApi, RunningWorker};
+
+use anyhow::Context;
+use diesel_async::{AsyncConnection, AsyncPgConnection};
+use lapin::{
+    BasicProperties, Channel, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use likes_common::{Settings, amqp, config::SecretUrl};
+use likes_proto::{LIKE_EVENT_CONTENT_TYPE, pb::LikeEvent};
+use std::{future::Future, time::Duration};
+use tokio::time::Instant;
+
+/// PostgreSQL server the tests use (trust auth on the development machines).
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// One test's private database and queues, and settings pointing at them.
+#[derive(Debug)]
+pub struct TestEnv {
+    pub settings: Settings,
+    id: String,
+}
+
+impl TestEnv {
+    /// Settings from the committed defaults, with a fresh database name,
+    /// fresh queue names, and the api on an ephemeral port.
+    pub fn new() -> Self {
+        likes_common::telemetry::init_for_tests();
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut settings = Settings::defaults();
+        settings.database.url = SecretUrl::new(format!("{PG_SERVER}/likes_test_{id}"));
+        settings.database.pool_size = 4;
+        settings.amqp.queue = format!("likes.test.{id}.events");
+        settings.amqp.dead_letter_queue = format!("likes.test.{id}.dead");
+        settings.api.listen = "127.0.0.1:0".parse().expect("literal address");
+        Self { settings, id }
+    }
+
+    /// The random suffix of this env's names.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the real api on an ephemeral port.
+    pub async fn spawn_api(&self) -> anyhow::Result<RunningApi> {
+        RunningApi::spawn(&self.settings).await
+    }
+
+    /// Starts the real worker with this env's settings.
+    pub async fn spawn_worker(&self) -> anyhow::Result<RunningWorker> {
+        RunningWorker::spawn(&self.settings).await
+    }
+
+    /// A direct connection to this env's database (created and migrated).
+    pub async fn db(&self) -> anyhow::Result<AsyncPgConnection> {
+        let url = self.settings.database.url.expose();
+        likes_db::ensure_database(url).await?;
+        likes_db::run_migrations(url).await?;
+        Ok(AsyncPgConnection::establish(url).await?)
+    }
+
+    /// A pool on this env's database (created and migrated), for polling.
+    pub async fn pool(&self) -> anyhow::Result<likes_db::PgPool> {
+        Ok(likes_db::connect(&self.settings.database).await?)
+    }
+
+    /// A channel with this env's queues declared and confirms on.
+    pub async fn amqp(&self) -> anyhow::Result<(Connection, Channel)> {
+        let connection = amqp::connect(&self.settings.amqp, "likes-test").await?;
+        let channel = connection.create_channel().await?;
+        amqp::declare_topology(&channel, &self.settings.amqp).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok((connection, channel))
+    }
+
+    /// Publishes raw bytes to the event queue, as a producer other than the
+    /// api could, and waits for the confirm.
+    pub async fn publish_raw(&self, channel: &Channel, body: &[u8]) -> anyhow::Result<()> {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                self.settings.amqp.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(LIKE_EVENT_CONTENT_TYPE.into()),
+            )
+            .await?
+            .await?;
+        anyhow::ensure!(confirm.is_ack(), "broker did not ack the test message");
+        Ok(())
+    }
+
+    /// Publishes a [`LikeEvent`] built by the test.
+    pub async fn publish_event(&self, channel: &Channel, event: &LikeEvent) -> anyhow::Result<()> {
+        use prost::Message;
+        self.publish_raw(channel, &event.encode_to_vec()).await
+    }
+
+    /// Messages ready in `queue` (passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
+        let connection = amqp::connect(&self.settings.amqp, "likes-test-depth").await?;
+        let channel = connection.create_channel().await?;
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await
+            .with_context(|| format!("queue {queue} does not exist"))?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(declared.message_count())
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        cleanup::remove(&self.settings);
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

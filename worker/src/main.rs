@@ -1,1 +1,17 @@
-fn main() {}
+//! `likes-worker`: loads settings, starts telemetry, consumes until
+//! SIGINT/SIGTERM, then flushes its batch and exits 0.
+
+use anyhow::Context;
+use likes_common::{Settings, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init("info");
+    let settings = Settings::load().context("loading settings")?;
+    tracing::debug!(?settings, "settings loaded");
+    let worker = likes_worker::Worker::build(&settings).await?;
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    worker.run_until_stopped(token).await
+}

@@ -17,7 +17,9 @@ CREATE TABLE likes (
 -- One row per post with at least one like ever: the number of pairs whose
 -- `liked` is true. Maintained by the same statement that changes `likes`, one
 -- row update per post per batch, so reads never count over `likes`.
+-- No CHECK (count >= 0): PostgreSQL checks it on the row proposed by
+-- INSERT .. ON CONFLICT, which carries a negative delta for unlikes.
 CREATE TABLE like_counts (
     post_id text   PRIMARY KEY,
-    count   bigint NOT NULL CHECK (count >= 0)
+    count   bigint NOT NULL
 );

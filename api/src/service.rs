@@ -1,0 +1,141 @@
+//! The `likes.v1.LikeService` implementation.
+
+use crate::{error::ApiError, publisher::Publisher, validate};
+use likes_common::ids::{PostId, UserId};
+use likes_db::{PgPool, PooledConnection, repository};
+use likes_proto::pb::{
+    GetLikeCountRequest, GetLikeCountResponse, GetLikeCountsRequest, GetLikeCountsResponse,
+    HasLikedRequest, HasLikedResponse, LikeEvent, LikeRequest, LikeResponse, UnlikeRequest,
+    UnlikeResponse, like_event::Action, like_service_server::LikeService,
+};
+use std::{
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tonic::{Request, Response, Status};
+use tracing::{Span, instrument};
+use uuid::Uuid;
+
+/// Serves LikeService: writes go to the queue, reads to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct LikeApi {
+    publisher: Arc<Publisher>,
+    pool: PgPool,
+}
+
+impl LikeApi {
+    pub fn new(publisher: Arc<Publisher>, pool: PgPool) -> Self {
+        Self { publisher, pool }
+    }
+
+    /// Stamps the event, publishes it and waits for the broker's confirm.
+    async fn enqueue(
+        &self,
+        post: PostId,
+        user: UserId,
+        action: Action,
+    ) -> Result<String, ApiError> {
+        let event = LikeEvent {
+            event_id: Uuid::now_v7().to_string(),
+            post_id: post.into_inner(),
+            user_id: user.into_inner(),
+            action: action.into(),
+            occurred_at_micros: now_micros(),
+        };
+        Span::current().record("event.id", event.event_id.as_str());
+        self.publisher.publish(&event).await?;
+        Ok(event.event_id)
+    }
+
+    async fn connection(&self) -> Result<PooledConnection<'_>, ApiError> {
+        Ok(likes_db::checkout(&self.pool).await?)
+    }
+}
+
+fn now_micros() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl LikeService for LikeApi {
+    #[instrument(name = "Like", skip_all, fields(post.id, user.id, event.id))]
+    async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
+        let LikeRequest { post_id, user_id } = request.into_inner();
+        let (post, user) = validate::pair(post_id, user_id)?;
+        record_pair(&post, &user);
+        let event_id = self.enqueue(post, user, Action::Like).await?;
+        Ok(Response::new(LikeResponse { event_id }))
+    }
+
+    #[instrument(name = "Unlike", skip_all, fields(post.id, user.id, event.id))]
+    async fn unlike(
+        &self,
+        request: Request<UnlikeRequest>,
+    ) -> Result<Response<UnlikeResponse>, Status> {
+        let UnlikeRequest { post_id, user_id } = request.into_inner();
+        let (post, user) = validate::pair(post_id, user_id)?;
+        record_pair(&post, &user);
+        let event_id = self.enqueue(post, user, Action::Unlike).await?;
+        Ok(Response::new(UnlikeResponse { event_id }))
+    }
+
+    #[instrument(name = "GetLikeCount", skip_all, fields(post.id))]
+    async fn get_like_count(
+        &self,
+        request: Request<GetLikeCountRequest>,
+    ) -> Result<Response<GetLikeCountResponse>, Status> {
+        let post = validate::post_id("post_id", request.into_inner().post_id)?;
+        Span::current().record("post.id", post.as_str());
+        let mut conn = self.connection().await?;
+        let count = repository::like_count(&mut conn, &post)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(GetLikeCountResponse {
+            post_id: post.into_inner(),
+            count,
+        }))
+    }
+
+    #[instrument(name = "GetLikeCounts", skip_all, fields(posts.count))]
+    async fn get_like_counts(
+        &self,
+        request: Request<GetLikeCountsRequest>,
+    ) -> Result<Response<GetLikeCountsResponse>, Status> {
+        let posts = validate::post_ids(request.into_inner().post_ids)?;
+        Span::current().record("posts.count", posts.len());
+        if posts.is_empty() {
+            return Ok(Response::new(GetLikeCountsResponse::default()));
+        }
+        let mut conn = self.connection().await?;
+        let counts = repository::like_counts(&mut conn, &posts)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(GetLikeCountsResponse {
+            counts: counts.into_iter().collect(),
+        }))
+    }
+
+    #[instrument(name = "HasLiked", skip_all, fields(post.id, user.id))]
+    async fn has_liked(
+        &self,
+        request: Request<HasLikedRequest>,
+    ) -> Result<Response<HasLikedResponse>, Status> {
+        let HasLikedRequest { post_id, user_id } = request.into_inner();
+        let (post, user) = validate::pair(post_id, user_id)?;
+        record_pair(&post, &user);
+        let mut conn = self.connection().await?;
+        let liked = repository::has_liked(&mut conn, &post, &user)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(HasLikedResponse { liked }))
+    }
+}
+
+fn record_pair(post: &PostId, user: &UserId) {
+    let span = Span::current();
+    span.record("post.id", post.as_str());
+    span.record("user.id", user.as_str());
+}

@@ -1,0 +1,55 @@
+//! Removes a test's database and queues. Runs from `Drop`, which cannot be
+//! async and may run inside a runtime, so the work happens on a thread of its
+//! own with a small runtime of its own.
+
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use lapin::options::QueueDeleteOptions;
+use likes_common::{Settings, amqp};
+
+pub(crate) fn remove(settings: &Settings) {
+    let settings = settings.clone();
+    let done = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime can always be built");
+        runtime.block_on(async {
+            if let Err(error) = drop_database(&settings).await {
+                eprintln!("test cleanup: cannot drop the database: {error}");
+            }
+            if let Err(error) = delete_queues(&settings).await {
+                eprintln!("test cleanup: cannot delete the queues: {error}");
+            }
+        });
+    })
+    .join();
+    if done.is_err() {
+        eprintln!("test cleanup panicked");
+    }
+}
+
+async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
+    let url = settings.database.url.expose();
+    let name = url
+        .rsplit('/')
+        .next()
+        .filter(|n| n.starts_with("likes_test_"))
+        .ok_or_else(|| anyhow::anyhow!("refusing to drop a database not made by a test"))?;
+    let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", crate::PG_SERVER)).await?;
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+async fn delete_queues(settings: &Settings) -> anyhow::Result<()> {
+    let connection = amqp::connect(&settings.amqp, "likes-test-cleanup").await?;
+    let channel = connection.create_channel().await?;
+    for queue in [&settings.amqp.queue, &settings.amqp.dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+use crate::event;
+use likes_proto::pb::like_event::Action;
+use likes_testkit::{TestEnv, eventually, verify};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_goes_to_the_dead_letter_queue_and_likes_around_it_are_written()
+-> anyhow::Result<()> {
+    let env = TestEnv::new();
+    let (_conn, channel) = env.amqp().await?;
+    // Queued before the worker starts so good and bad share batches.
+    env.publish_event(&channel, &event("p", "before", Action::Like, 1))
+        .await?;
+    env.publish_raw(&channel, b"\xde\xad\xbe\xef not protobuf")
+        .await?;
+    env.publish_event(&channel, &event("p", "between", Action::Like, 2))
+        .await?;
+    // Decodes, but breaks the id rules the api enforces.
+    env.publish_event(&channel, &event("", "nobody", Action::Like, 3))
+        .await?;
+    env.publish_event(&channel, &event("p", "after", Action::Like, 4))
+        .await?;
+
+    let worker = env.spawn_worker().await?;
+    let mut db = env.db().await?;
+    let dead = &env.settings.amqp.dead_letter_queue;
+    eventually(
+        Duration::from_secs(10),
+        "two messages in the dead-letter queue",
+        || async { Ok((env.queue_depth(dead).await? == 2).then_some(())) },
+    )
+    .await?;
+    let pool = env.pool().await?;
+    eventually(
+        Duration::from_secs(10),
+        "the good likes to be counted",
+        || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((verify::stored_count(&mut conn, "p").await? == 3).then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(worker.stats.dead_lettered(), 2);
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await?,
+        0,
+        "nothing left behind"
+    );
+    assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
+    Ok(())
+}
