@@ -27,6 +27,8 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     publisher: Arc<Publisher>,
+    /// Stops the publisher's reconnect loop once the server has drained.
+    publisher_stop: CancellationToken,
     pool: likes_db::PgPool,
 }
 
@@ -35,10 +37,12 @@ impl Application {
     /// the database and migrating it) and takes `listener` to serve on.
     pub async fn build(settings: &Settings, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("reading the bound address")?;
-        let publisher = Publisher::connect(
-            &settings.amqp,
+        let publisher_stop = CancellationToken::new();
+        let publisher = Publisher::start(
+            settings.amqp.clone(),
             settings.api.publish_channels,
             settings.api.confirm_timeout(),
+            publisher_stop.clone(),
         )
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", settings.amqp.url))?;
@@ -48,7 +52,8 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
-            publisher: Arc::new(publisher),
+            publisher,
+            publisher_stop,
             pool,
         })
     }
@@ -62,7 +67,11 @@ impl Application {
     /// lets those in flight finish (with their confirms) and closes AMQP.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<LikeServiceServer<LikeApi>>().await;
+        tokio::spawn(report_health(
+            health.clone(),
+            self.publisher.connected(),
+            shutdown.clone(),
+        ));
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let api = LikeApi::new(Arc::clone(&self.publisher), self.pool.clone());
@@ -85,6 +94,7 @@ impl Application {
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
             .await
             .context("serving gRPC")?;
+        self.publisher_stop.cancel();
         self.publisher.close().await;
         tracing::info!("likes-api stopped");
         Ok(())
@@ -95,6 +105,29 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// SERVING while the broker link is up, NOT_SERVING while it is down or the
+/// server is stopping: Like cannot succeed without the broker.
+async fn report_health(
+    health: HealthReporter,
+    mut connected: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if *connected.borrow_and_update() {
+            health.set_serving::<LikeServiceServer<LikeApi>>().await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        } else {
+            set_not_serving(&health).await;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = connected.changed() => if changed.is_err() { return },
+        }
+    }
 }
 
 async fn set_not_serving(health: &HealthReporter) {

@@ -14,9 +14,11 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-/// Opens a connection named `name` (shown in the management UI).
-pub async fn connect(settings: &AmqpSettings, name: &str) -> lapin::Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
+/// Opens a connection named after its role and queue (`likes-api
+/// likes.events`), as shown in the management UI and `rabbitmqctl`.
+pub async fn connect(settings: &AmqpSettings, role: &str) -> lapin::Result<Connection> {
+    let name = format!("{role} {}", settings.queue);
+    let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
     Connection::connect(settings.url.expose(), properties).await
 }
 

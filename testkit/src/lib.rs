@@ -7,6 +7,8 @@
 //! [`TestEnv::spawn_worker`] start the real api and worker code in-process.
 
 mod cleanup;
+pub mod faults;
+pub mod load;
 mod running;
 pub mod verify;
 

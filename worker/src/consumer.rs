@@ -82,8 +82,10 @@ pub async fn consume(
         if let Some(error) = broken {
             return Err(error.into());
         }
-        if matches!(batch.end, BatchEnd::Shutdown | BatchEnd::StreamEnded) {
-            break;
+        match batch.end {
+            BatchEnd::Shutdown => break,
+            BatchEnd::StreamEnded => return Err(WorkerError::ConsumerEnded),
+            BatchEnd::Full | BatchEnd::Waited => {}
         }
     }
     // Stop deliveries; anything prefetched but not in a batch is requeued by
