@@ -9,6 +9,7 @@
 mod cleanup;
 pub mod faults;
 pub mod load;
+pub mod process;
 mod running;
 pub mod verify;
 

@@ -1,0 +1,113 @@
+//! The worker binary as a process: killed with SIGKILL mid-batch, stopped
+//! with SIGTERM. Real RabbitMQ and PostgreSQL, own database and queues.
+
+use likes_testkit::{
+    TestEnv, eventually,
+    load::{check_exactly, like_all, pairs},
+    process::ServiceProcess,
+    verify,
+};
+use rand::Rng;
+use std::{path::Path, time::Duration};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_likes-worker");
+
+fn spawn_worker(env: &TestEnv) -> anyhow::Result<ServiceProcess> {
+    ServiceProcess::spawn(Path::new(WORKER), &env.settings)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_killed_repeatedly_during_twenty_thousand_likes_lose_nothing() -> anyhow::Result<()>
+{
+    const LIKES: usize = 20_000;
+    let mut env = TestEnv::new();
+    env.settings.worker.batch_size = 250;
+    let api = env.spawn_api().await?;
+    // The database exists before three workers race to create it.
+    env.db().await?;
+    let mut workers = (0..3)
+        .map(|_| spawn_worker(&env))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let clients = vec![
+        api.client.clone(),
+        api.new_client().await?,
+        api.new_client().await?,
+    ];
+    let mut load = tokio::spawn(async move {
+        like_all(
+            &clients,
+            pairs("kill", LIKES, 11),
+            64,
+            Duration::from_secs(60),
+        )
+        .await
+    });
+
+    let mut kills = 0;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut load => break outcome??,
+            () = tokio::time::sleep(Duration::from_millis(700)) => {
+                let victim = rand::rng().random_range(0..workers.len());
+                workers[victim].kill()?;
+                workers[victim] = spawn_worker(&env)?;
+                kills += 1;
+            }
+        }
+    };
+    assert!(kills >= 2, "only {kills} kills happened during the load");
+    assert_eq!(outcome.acknowledged.len(), LIKES);
+
+    let pool = env.pool().await?;
+    eventually(Duration::from_secs(120), "the queue to drain", || async {
+        let mut conn = likes_db::checkout(&pool).await?;
+        let written = verify::stored_pairs(&mut conn).await?;
+        let depth = env.queue_depth(&env.settings.amqp.queue).await?;
+        Ok((written >= LIKES as i64 && depth == 0).then_some(()))
+    })
+    .await?;
+    let mut db = env.db().await?;
+    check_exactly(&mut db, &outcome.acknowledged).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_flushes_the_batch_in_hand_and_exits_zero() -> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    // A batch that would wait a minute: only the shutdown flush writes it.
+    env.settings.worker.batch_size = 1_000;
+    env.settings.worker.batch_max_wait_ms = 60_000;
+    let api = env.spawn_api().await?;
+    env.db().await?;
+    let mut worker = spawn_worker(&env)?;
+    let outcome = like_all(
+        &[api.client.clone()],
+        pairs("term", 300, 3),
+        16,
+        Duration::from_secs(10),
+    )
+    .await?;
+    // Wait until the worker holds them all (none left ready in the queue).
+    eventually(
+        Duration::from_secs(10),
+        "the worker to take the messages",
+        || async { Ok((env.queue_depth(&env.settings.amqp.queue).await? == 0).then_some(())) },
+    )
+    .await?;
+    let mut db = env.db().await?;
+    assert_eq!(
+        verify::stored_pairs(&mut db).await?,
+        0,
+        "not written before the signal"
+    );
+
+    let status = worker.terminate(Duration::from_secs(10)).await?;
+    assert!(status.success(), "worker exited with {status}");
+    check_exactly(&mut db, &outcome.acknowledged).await?;
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await?,
+        0,
+        "all acked, none requeued"
+    );
+    Ok(())
+}
