@@ -34,6 +34,12 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lap
         )
         .await?;
     let mut arguments = queue_type_arguments(settings.queue_type);
+    if settings.queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongUInt(settings.delivery_limit),
+        );
+    }
     arguments.insert(
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString("".into()),

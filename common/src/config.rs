@@ -14,6 +14,7 @@
 //! | `LIKES__AMQP__QUEUE` | `likes.events` |
 //! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
 //! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
+//! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
 //! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
 //! | `LIKES__DATABASE__POOL_SIZE` | `8` |
 //! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
@@ -60,6 +61,7 @@ pub struct AmqpSettings {
     pub queue: String,
     pub dead_letter_queue: String,
     pub queue_type: QueueType,
+    pub delivery_limit: u32,
 }
 
 /// RabbitMQ queue type of the event queue.

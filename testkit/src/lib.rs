@@ -10,6 +10,7 @@ mod cleanup;
 pub mod faults;
 pub mod load;
 pub mod process;
+pub mod proxy;
 mod running;
 pub mod verify;
 
@@ -65,6 +66,12 @@ impl TestEnv {
     /// Starts the real worker with this env's settings.
     pub async fn spawn_worker(&self) -> anyhow::Result<RunningWorker> {
         RunningWorker::spawn(&self.settings).await
+    }
+
+    /// Starts the real worker with settings derived from this env's (for
+    /// instance with its database behind a [`proxy::FaultProxy`]).
+    pub async fn spawn_worker_with(&self, settings: &Settings) -> anyhow::Result<RunningWorker> {
+        RunningWorker::spawn(settings).await
     }
 
     /// A direct connection to this env's database (created and migrated).

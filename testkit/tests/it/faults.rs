@@ -1,10 +1,12 @@
 //! Faults in the middle of a load: each test ends by checking every
 //! acknowledged like against PostgreSQL and the counter invariant.
 
+use likes_common::config::{QueueType, SecretUrl};
 use likes_testkit::{
     TestEnv, eventually,
     faults::close_amqp_connections,
     load::{check_exactly, like_all, pairs},
+    proxy::FaultProxy,
 };
 use std::time::Duration;
 
@@ -53,4 +55,89 @@ async fn like_all_owned(
     pairs: Vec<(String, String)>,
 ) -> anyhow::Result<likes_testkit::load::LoadOutcome> {
     like_all(&clients, pairs, 32, Duration::from_secs(60)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    // A quorum queue that dead-letters a message on its third delivery: an
+    // outage handled by nack-and-requeue would dead-letter healthy likes.
+    env.settings.amqp.queue_type = QueueType::Quorum;
+    env.settings.amqp.delivery_limit = 2;
+    env.settings.worker.retry_max_ms = 2_000;
+    let api = env.spawn_api().await?;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
+    let mut worker_settings = env.settings.clone();
+    let db_name = env
+        .settings
+        .database
+        .url
+        .expose()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    worker_settings.database.url =
+        SecretUrl::new(format!("postgres://postgres@{}/{db_name}", proxy.addr()));
+    let worker = env.spawn_worker_with(&worker_settings).await?;
+
+    let clients = vec![api.client.clone(), api.new_client().await?];
+    let first = like_all(
+        &clients,
+        pairs("before", 500, 5),
+        16,
+        Duration::from_secs(10),
+    )
+    .await?;
+    eventually(
+        Duration::from_secs(30),
+        "the first likes to be written",
+        || {
+            let stats = worker.stats.clone();
+            async move { Ok((stats.events() >= 500).then_some(())) }
+        },
+    )
+    .await?;
+
+    proxy.cut();
+    let outage_started = tokio::time::Instant::now();
+    // Likes keep being accepted while the database is away.
+    let during = like_all(
+        &clients,
+        pairs("during", 1_500, 5),
+        16,
+        Duration::from_secs(10),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage_started.elapsed())).await;
+    assert_eq!(
+        worker.stats.events(),
+        500,
+        "nothing can be written during the outage"
+    );
+    proxy.restore();
+
+    let mut acknowledged = first.acknowledged;
+    acknowledged.extend(during.acknowledged);
+    let pool = env.pool().await?;
+    eventually(
+        Duration::from_secs(60),
+        "the backlog to be written",
+        || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((likes_testkit::verify::stored_pairs(&mut conn).await? >= 2_000).then_some(()))
+        },
+    )
+    .await?;
+    let mut db = env.db().await?;
+    check_exactly(&mut db, &acknowledged).await?;
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.dead_letter_queue)
+            .await?,
+        0,
+        "nothing dead-lettered"
+    );
+    assert_eq!(worker.stats.dead_lettered(), 0);
+    Ok(())
 }
