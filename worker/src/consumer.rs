@@ -13,17 +13,17 @@ use crate::{
     writer::{WriteError, Writer},
 };
 use lapin::{
-    Channel,
+    Channel, Confirmation,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, BasicRejectOptions,
+        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
-use likes_common::config::Settings;
+use likes_common::config::{AmqpSettings, Settings};
 use likes_db::LikeChange;
-use std::sync::Arc;
+use std::{ops::Range, sync::Arc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -38,6 +38,10 @@ pub async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let worker = &settings.worker;
+    // Confirms for the copies sent to the dead-letter queue.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     channel
         .basic_qos(worker.effective_prefetch(), BasicQosOptions::default())
         .await?;
@@ -50,6 +54,13 @@ pub async fn consume(
         )
         .await?;
     let tag = consumer.tag();
+    let settler = Settler {
+        channel,
+        writer,
+        stats,
+        settings: &settings.amqp,
+        shutdown,
+    };
     tracing::info!(
         queue = %settings.amqp.queue,
         batch.size = worker.batch_size,
@@ -75,9 +86,7 @@ pub async fn consume(
         }
         if !deliveries.is_empty() {
             let span = info_span!("batch", batch.size = deliveries.len());
-            settle(channel, deliveries, writer, stats, shutdown)
-                .instrument(span)
-                .await?;
+            settler.settle(deliveries).instrument(span).await?;
         }
         if let Some(error) = broken {
             return Err(error.into());
@@ -99,78 +108,173 @@ pub async fn consume(
     Ok(())
 }
 
-/// Dead-letters poison, writes the rest, then acks or requeues it.
-async fn settle(
-    channel: &Channel,
-    deliveries: Vec<Delivery>,
-    writer: &Writer,
-    stats: &WorkerStats,
-    shutdown: &CancellationToken,
-) -> Result<(), WorkerError> {
-    let started = Instant::now();
-    let size = deliveries.len();
-    let mut changes: Vec<LikeChange> = Vec::with_capacity(size);
-    let mut last_good_tag = None;
-    for delivery in &deliveries {
-        match decode(&delivery.data) {
-            Ok(change) => {
-                changes.push(change);
-                last_good_tag = Some(delivery.delivery_tag);
+/// Settles one batch on one channel.
+struct Settler<'a> {
+    channel: &'a Channel,
+    writer: &'a Writer,
+    stats: &'a WorkerStats,
+    settings: &'a AmqpSettings,
+    shutdown: &'a CancellationToken,
+}
+
+impl Settler<'_> {
+    /// Dead-letters poison, writes the rest (isolating messages the database
+    /// refuses), then acks the batch, or requeues it when the database stays
+    /// unavailable.
+    async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(), WorkerError> {
+        let started = Instant::now();
+        let size = deliveries.len();
+        let last_tag = deliveries
+            .iter()
+            .map(|d| d.delivery_tag)
+            .max()
+            .expect("settle is called with at least one delivery");
+        let mut good: Vec<(&Delivery, LikeChange)> = Vec::with_capacity(size);
+        for delivery in &deliveries {
+            match decode(&delivery.data) {
+                Ok(change) => good.push((delivery, change)),
+                Err(reason) => self.dead_letter(delivery, &reason.to_string()).await?,
             }
-            Err(reason) => {
-                tracing::warn!(
-                    delivery.tag = delivery.delivery_tag,
-                    message.id = ?delivery.properties.message_id(),
-                    %reason,
-                    "dead-lettering a message that can never be written"
-                );
-                channel
-                    .basic_reject(delivery.delivery_tag, BasicRejectOptions { requeue: false })
+        }
+        match self.write_isolating(&good).await {
+            Ok(tally) => {
+                // Every delivery is now committed or dead-lettered.
+                self.channel
+                    .basic_ack(last_tag, BasicAckOptions { multiple: true })
                     .await?;
-                WorkerStats::add(&stats.dead_lettered, 1);
+                WorkerStats::add(&self.stats.events, tally.events);
+                tracing::info!(
+                    batch.size = size,
+                    batch.pairs = tally.pairs,
+                    batch.statements = tally.statements,
+                    rows.changed = tally.rows_changed,
+                    counters.changed = tally.counters_changed,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "batch written"
+                );
+            }
+            Err(error) => {
+                tracing::warn!(%error, batch.size = size, "batch failed; requeueing it");
+                // Parts already committed come back too; writing them again
+                // changes nothing, as every write is idempotent.
+                self.channel
+                    .basic_nack(
+                        last_tag,
+                        BasicNackOptions {
+                            multiple: true,
+                            requeue: true,
+                        },
+                    )
+                    .await?;
+                WorkerStats::add(&self.stats.requeued_batches, 1);
             }
         }
+        Ok(())
     }
-    let Some(last_tag) = last_good_tag else {
-        return Ok(());
-    };
-    match writer.write(&changes, shutdown).await {
-        Ok(outcome) => {
-            channel
-                .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                .await?;
-            WorkerStats::add(&stats.batches, 1);
-            WorkerStats::add(&stats.events, changes.len() as u64);
-            tracing::info!(
-                batch.size = size,
-                batch.pairs = outcome.pairs,
-                rows.changed = outcome.rows_changed,
-                counters.changed = outcome.counters_changed,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "batch written"
-            );
-        }
-        Err(error) => {
-            tracing::warn!(%error, batch.size = size, "batch failed; requeueing it");
-            channel
-                .basic_nack(
-                    last_tag,
-                    BasicNackOptions {
-                        multiple: true,
-                        requeue: true,
-                    },
-                )
-                .await?;
-            WorkerStats::add(&stats.requeued_batches, 1);
-            if let WriteError::Permanent(_) = error {
-                // The retry loop did not pace this one: pause before the
-                // redelivery so a bad batch cannot spin the database.
-                tokio::select! {
-                    () = tokio::time::sleep(writer.max_backoff()) => {}
-                    () = shutdown.cancelled() => {}
+
+    /// Writes `items`; when the database refuses a slice for good, splits it
+    /// in halves until the refused messages stand alone, writes the rest and
+    /// dead-letters those. One statement when all is well.
+    async fn write_isolating(
+        &self,
+        items: &[(&Delivery, LikeChange)],
+    ) -> Result<Tally, WriteError> {
+        let mut tally = Tally::default();
+        let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
+        pending.push(0..items.len());
+        while let Some(range) = pending.pop() {
+            if range.is_empty() {
+                continue;
+            }
+            let changes: Vec<LikeChange> = items[range.clone()]
+                .iter()
+                .map(|(_, c)| c.clone())
+                .collect();
+            match self.writer.write(&changes, self.shutdown).await {
+                Ok(outcome) => {
+                    WorkerStats::add(&self.stats.batches, 1);
+                    tally.add(&outcome, changes.len());
                 }
+                Err(WriteError::Permanent(error)) if range.len() == 1 => {
+                    let (delivery, _) = &items[range.start];
+                    self.dead_letter(delivery, &error.to_string())
+                        .await
+                        .map_err(WriteError::DeadLetter)?;
+                }
+                Err(WriteError::Permanent(error)) => {
+                    tracing::warn!(%error, slice.size = range.len(), "the database refuses part of a batch; splitting it");
+                    let middle = range.start + range.len() / 2;
+                    pending.push(middle..range.end);
+                    pending.push(range.start..middle);
+                }
+                Err(error) => return Err(error),
             }
         }
+        Ok(tally)
     }
-    Ok(())
+
+    /// Publishes a copy of `delivery` to the dead-letter queue with the
+    /// reason in the `x-likes-error` header and waits for the confirm; the
+    /// original is then settled by the batch's ack.
+    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), lapin::Error> {
+        tracing::warn!(
+            delivery.tag = delivery.delivery_tag,
+            message.id = ?delivery.properties.message_id(),
+            %reason,
+            "dead-lettering a message that can never be written"
+        );
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert("x-likes-error".into(), AMQPValue::LongString(reason.into()));
+        headers.insert(
+            "x-likes-queue".into(),
+            AMQPValue::LongString(self.settings.queue.as_str().into()),
+        );
+        let properties = delivery
+            .properties
+            .clone()
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                "".into(),
+                self.settings.dead_letter_queue.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await?;
+        if !matches!(confirm, Confirmation::Ack(None)) {
+            return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                lapin::ChannelState::Error,
+                "dead-letter publish not confirmed",
+            )));
+        }
+        WorkerStats::add(&self.stats.dead_lettered, 1);
+        Ok(())
+    }
+}
+
+/// What the statements of one batch changed.
+#[derive(Debug, Default)]
+struct Tally {
+    statements: u32,
+    events: u64,
+    pairs: usize,
+    rows_changed: i64,
+    counters_changed: i64,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: &likes_db::WriteOutcome, events: usize) {
+        self.statements += 1;
+        self.events += events as u64;
+        self.pairs += outcome.pairs;
+        self.rows_changed += outcome.rows_changed;
+        self.counters_changed += outcome.counters_changed;
+    }
 }

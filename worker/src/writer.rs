@@ -25,6 +25,9 @@ pub enum WriteError {
     /// Fails the same way every time.
     #[error("permanent database error: {0}")]
     Permanent(DbError),
+    /// A refused message could not be moved to the dead-letter queue.
+    #[error("cannot dead-letter a refused message: {0}")]
+    DeadLetter(lapin::Error),
 }
 
 /// Writes batches through the pool.
@@ -32,7 +35,6 @@ pub enum WriteError {
 pub struct Writer {
     pool: PgPool,
     backoff: ExponentialBuilder,
-    max_backoff: Duration,
     retry_budget: Duration,
 }
 
@@ -46,14 +48,8 @@ impl Writer {
         Self {
             pool,
             backoff,
-            max_backoff: settings.retry_max(),
             retry_budget: settings.retry_budget(),
         }
-    }
-
-    /// The longest pause between two attempts.
-    pub fn max_backoff(&self) -> Duration {
-        self.max_backoff
     }
 
     /// Writes `changes` in one statement, retrying transient failures until

@@ -1,4 +1,6 @@
 use crate::event;
+use diesel_async::RunQueryDsl;
+use lapin::{options::BasicGetOptions, types::AMQPValue};
 use likes_proto::pb::like_event::Action;
 use likes_testkit::{TestEnv, eventually, verify};
 use std::time::Duration;
@@ -47,5 +49,73 @@ async fn garbage_goes_to_the_dead_letter_queue_and_likes_around_it_are_written()
         "nothing left behind"
     );
     assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_the_database_always_refuses_is_isolated_and_dead_lettered_with_its_reason()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    env.settings.worker.batch_size = 100;
+    env.settings.worker.batch_max_wait_ms = 500;
+    let mut db = env.db().await?;
+    // Stands for any row the database refuses every time.
+    diesel::sql_query("ALTER TABLE likes ADD CONSTRAINT refuse_poison CHECK (user_id <> 'poison')")
+        .execute(&mut db)
+        .await?;
+    let (_conn, channel) = env.amqp().await?;
+    for i in 0..20 {
+        env.publish_event(&channel, &event("p", &format!("u{i}"), Action::Like, i))
+            .await?;
+        if i == 7 {
+            env.publish_event(&channel, &event("p", "poison", Action::Like, 100))
+                .await?;
+        }
+    }
+
+    let worker = env.spawn_worker().await?;
+    let pool = env.pool().await?;
+    eventually(
+        Duration::from_secs(20),
+        "the good likes to be counted",
+        || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((verify::stored_count(&mut conn, "p").await? == 20).then_some(()))
+        },
+    )
+    .await?;
+    let dead = &env.settings.amqp.dead_letter_queue;
+    eventually(
+        Duration::from_secs(10),
+        "the refused like to be dead-lettered",
+        || async { Ok((env.queue_depth(dead).await? == 1).then_some(())) },
+    )
+    .await?;
+    assert_eq!(worker.stats.dead_lettered(), 1);
+    assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
+    assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
+
+    let message = channel
+        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
+        .await?
+        .expect("one dead letter");
+    let headers = message
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
+    let reason = headers
+        .inner()
+        .get("x-likes-error")
+        .and_then(|v| match v {
+            AMQPValue::LongString(s) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(
+        reason.contains("refuse_poison"),
+        "reason header: {reason:?}"
+    );
     Ok(())
 }

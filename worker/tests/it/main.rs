@@ -81,7 +81,7 @@ async fn sigterm_flushes_the_batch_in_hand_and_exits_zero() -> anyhow::Result<()
     env.db().await?;
     let mut worker = spawn_worker(&env)?;
     let outcome = like_all(
-        &[api.client.clone()],
+        std::slice::from_ref(&api.client),
         pairs("term", 300, 3),
         16,
         Duration::from_secs(10),
