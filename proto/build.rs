@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("likes_descriptor.bin"))
+        .codec_path("crate::codec::LikesCodec")
         .compile_with_config(config, &["proto/likes/v1/likes.proto"], &["proto"])?;
     Ok(())
 }

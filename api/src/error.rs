@@ -18,6 +18,8 @@ pub enum ApiError {
     },
     #[error("post_ids holds {count} ids; at most {max} are allowed per call")]
     TooManyIds { count: usize, max: usize },
+    #[error("the server is handling its limit of {limit} requests; retry with backoff")]
+    Overloaded { limit: usize },
     #[error("could not enqueue the request: {0}")]
     Publish(#[from] PublishError),
     #[error("could not read the database: {0}")]
@@ -30,6 +32,7 @@ impl From<ApiError> for Status {
             ApiError::InvalidId { .. } | ApiError::TooManyIds { .. } => {
                 Status::invalid_argument(error.to_string())
             }
+            ApiError::Overloaded { .. } => Status::resource_exhausted(error.to_string()),
             ApiError::Publish(publish) => {
                 tracing::warn!(error = %publish, "publish failed");
                 Status::unavailable(format!(

@@ -19,7 +19,9 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::{Code, codegen::http};
 use tonic_health::server::HealthReporter;
+use tower::util::MapResponseLayer;
 
 /// A built api, bound to its listener, ready to serve.
 #[derive(Debug)]
@@ -30,6 +32,8 @@ pub struct Application {
     /// Stops the publisher's reconnect loop once the server has drained.
     publisher_stop: CancellationToken,
     pool: likes_db::PgPool,
+    max_request_bytes: usize,
+    max_concurrent_requests: usize,
 }
 
 impl Application {
@@ -55,6 +59,8 @@ impl Application {
             publisher,
             publisher_stop,
             pool,
+            max_request_bytes: settings.api.max_request_bytes,
+            max_concurrent_requests: settings.api.max_concurrent_requests,
         })
     }
 
@@ -74,7 +80,11 @@ impl Application {
         ));
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let api = LikeApi::new(Arc::clone(&self.publisher), self.pool.clone());
+        let api = LikeApi::new(
+            Arc::clone(&self.publisher),
+            self.pool.clone(),
+            self.max_concurrent_requests,
+        );
 
         tracing::info!(listen = %self.local_addr, "likes-api serving");
         let stopping = {
@@ -87,10 +97,13 @@ impl Application {
             }
         };
         tonic::transport::Server::builder()
+            .layer(MapResponseLayer::new(size_limit_is_resource_exhausted))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(LikeServiceServer::new(api))
+            .add_service(
+                LikeServiceServer::new(api).max_decoding_message_size(self.max_request_bytes),
+            )
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
             .await
             .context("serving gRPC")?;
@@ -99,6 +112,27 @@ impl Application {
         tracing::info!("likes-api stopped");
         Ok(())
     }
+}
+
+/// tonic refuses a request over `max_decoding_message_size` with
+/// OUT_OF_RANGE; to callers that is RESOURCE_EXHAUSTED ("too large"), so the
+/// status is rewritten. Such a refusal is a trailers-only response, with the
+/// status in the headers; the service itself never answers OUT_OF_RANGE.
+fn size_limit_is_resource_exhausted(
+    mut response: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let headers = response.headers_mut();
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = (Code::ResourceExhausted as i32).to_string();
+        if let Ok(value) = http::HeaderValue::from_str(&exhausted) {
+            headers.insert("grpc-status", value);
+        }
+    }
+    response
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

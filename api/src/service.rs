@@ -12,6 +12,7 @@ use std::{
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 use tracing::{Span, instrument};
 use uuid::Uuid;
@@ -21,11 +22,28 @@ use uuid::Uuid;
 pub struct LikeApi {
     publisher: Arc<Publisher>,
     pool: PgPool,
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl LikeApi {
-    pub fn new(publisher: Arc<Publisher>, pool: PgPool) -> Self {
-        Self { publisher, pool }
+    pub fn new(publisher: Arc<Publisher>, pool: PgPool, max_in_flight: usize) -> Self {
+        Self {
+            publisher,
+            pool,
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// Admits a request, or refuses it at once when `max_in_flight` are
+    /// already being handled: memory stays bounded under any load.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::Overloaded {
+                limit: self.max_in_flight,
+            })
     }
 
     /// Stamps the event, publishes it and waits for the broker's confirm.
@@ -63,6 +81,7 @@ fn now_micros() -> i64 {
 impl LikeService for LikeApi {
     #[instrument(name = "Like", skip_all, fields(post.id, user.id, event.id))]
     async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
+        let _admitted = self.admit()?;
         let LikeRequest { post_id, user_id } = request.into_inner();
         let (post, user) = validate::pair(post_id, user_id)?;
         record_pair(&post, &user);
@@ -75,6 +94,7 @@ impl LikeService for LikeApi {
         &self,
         request: Request<UnlikeRequest>,
     ) -> Result<Response<UnlikeResponse>, Status> {
+        let _admitted = self.admit()?;
         let UnlikeRequest { post_id, user_id } = request.into_inner();
         let (post, user) = validate::pair(post_id, user_id)?;
         record_pair(&post, &user);
@@ -87,6 +107,7 @@ impl LikeService for LikeApi {
         &self,
         request: Request<GetLikeCountRequest>,
     ) -> Result<Response<GetLikeCountResponse>, Status> {
+        let _admitted = self.admit()?;
         let post = validate::post_id("post_id", request.into_inner().post_id)?;
         Span::current().record("post.id", post.as_str());
         let mut conn = self.connection().await?;
@@ -104,6 +125,7 @@ impl LikeService for LikeApi {
         &self,
         request: Request<GetLikeCountsRequest>,
     ) -> Result<Response<GetLikeCountsResponse>, Status> {
+        let _admitted = self.admit()?;
         let posts = validate::post_ids(request.into_inner().post_ids)?;
         Span::current().record("posts.count", posts.len());
         if posts.is_empty() {
@@ -123,6 +145,7 @@ impl LikeService for LikeApi {
         &self,
         request: Request<HasLikedRequest>,
     ) -> Result<Response<HasLikedResponse>, Status> {
+        let _admitted = self.admit()?;
         let HasLikedRequest { post_id, user_id } = request.into_inner();
         let (post, user) = validate::pair(post_id, user_id)?;
         record_pair(&post, &user);

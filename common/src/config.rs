@@ -10,6 +10,8 @@
 //! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
 //! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
 //! | `LIKES__API__PUBLISH_CHANNELS` | `4` |
+//! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
+//! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
 //! | `LIKES__AMQP__URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `LIKES__AMQP__QUEUE` | `likes.events` |
 //! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
@@ -53,6 +55,8 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub confirm_timeout_ms: u64,
     pub publish_channels: usize,
+    pub max_request_bytes: usize,
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +158,9 @@ impl Settings {
                     w.prefetch, w.batch_size
                 ),
             ));
+        }
+        if self.api.max_concurrent_requests == 0 {
+            return Err(invalid("api.max_concurrent_requests", "must be at least 1"));
         }
         if self.api.publish_channels == 0 {
             return Err(invalid("api.publish_channels", "must be at least 1"));

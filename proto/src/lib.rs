@@ -5,6 +5,8 @@
 //! `LikeEvent` that travels through RabbitMQ. [`FILE_DESCRIPTOR_SET`] is what
 //! server reflection serves, so grpcurl works without the .proto file.
 
+pub mod codec;
+
 /// Generated code for package `likes.v1`.
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod pb {

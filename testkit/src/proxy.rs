@@ -1,12 +1,23 @@
 //! A small TCP proxy for fault tests: sits between a service and PostgreSQL
 //! or RabbitMQ and can cut every connection (and refuse new ones) until
-//! restored, like a network partition.
+//! restored, like a network partition, or stall them (connections stay open,
+//! bytes stop flowing), like a broker that stopped reading.
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+};
 use tokio_util::sync::CancellationToken;
 
 /// A running proxy to one upstream address; stops on drop.
@@ -20,6 +31,7 @@ pub struct FaultProxy {
 #[derive(Debug)]
 struct State {
     cut: bool,
+    stalled: Arc<AtomicBool>,
     /// Cancelled on cut: ends every connection of the current generation.
     generation: CancellationToken,
 }
@@ -31,6 +43,7 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(State {
             cut: false,
+            stalled: Arc::new(AtomicBool::new(false)),
             generation: CancellationToken::new(),
         }));
         let stop = CancellationToken::new();
@@ -56,9 +69,18 @@ impl FaultProxy {
         state.generation = CancellationToken::new();
     }
 
-    /// Lets connections through again.
+    /// Keeps connections open but stops forwarding bytes (they are held,
+    /// and delivered on restore).
+    pub fn stall(&self) {
+        let state = self.state.lock().expect("proxy state lock");
+        state.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets connections and bytes through again.
     pub fn restore(&self) {
-        self.state.lock().expect("proxy state lock").cut = false;
+        let mut state = self.state.lock().expect("proxy state lock");
+        state.cut = false;
+        state.stalled.store(false, Ordering::SeqCst);
     }
 }
 
@@ -80,25 +102,51 @@ async fn accept_loop(
             () = stop.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
-        let Ok((mut client, _)) = accepted else {
+        let Ok((client, _)) = accepted else {
             continue;
         };
-        let (cut, generation) = {
+        let (cut, generation, stalled) = {
             let state = state.lock().expect("proxy state lock");
-            (state.cut, state.generation.clone())
+            (
+                state.cut,
+                state.generation.clone(),
+                Arc::clone(&state.stalled),
+            )
         };
         if cut {
             drop(client);
             continue;
         }
         tokio::spawn(async move {
-            let Ok(mut server) = TcpStream::connect(upstream).await else {
+            let Ok(server) = TcpStream::connect(upstream).await else {
                 return;
             };
+            let _ = client.set_nodelay(true);
+            let _ = server.set_nodelay(true);
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
             tokio::select! {
                 () = generation.cancelled() => {}
-                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                () = forward(client_read, server_write, Arc::clone(&stalled)) => {}
+                () = forward(server_read, client_write, stalled) => {}
             }
         });
+    }
+}
+
+/// Copies bytes one way, holding them while the proxy is stalled.
+async fn forward(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, stalled: Arc<AtomicBool>) {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }

@@ -18,6 +18,11 @@ pub struct RunningApi {
 }
 
 impl RunningApi {
+    /// Starts an api with these settings (most tests use [`crate::TestEnv::spawn_api`]).
+    pub async fn spawn_with(settings: &Settings) -> anyhow::Result<Self> {
+        Self::spawn(settings).await
+    }
+
     pub(crate) async fn spawn(settings: &Settings) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await?;
         let app = likes_api::Application::build(settings, listener).await?;

@@ -2,6 +2,7 @@
 //! acknowledged like against PostgreSQL and the counter invariant.
 
 use likes_common::config::{QueueType, SecretUrl};
+use likes_proto::pb::LikeRequest;
 use likes_testkit::{
     TestEnv, eventually,
     faults::close_amqp_connections,
@@ -9,6 +10,10 @@ use likes_testkit::{
     proxy::FaultProxy,
 };
 use std::time::Duration;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn broker_connections_closed_mid_load_lose_nothing() -> anyhow::Result<()> {
@@ -139,5 +144,126 @@ async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing(
         "nothing dead-lettered"
     );
     assert_eq!(worker.stats.dead_lettered(), 0);
+    Ok(())
+}
+
+/// An env whose api reaches RabbitMQ through a fault proxy.
+async fn api_behind_proxy(
+    confirm_timeout_ms: u64,
+) -> anyhow::Result<(TestEnv, FaultProxy, likes_testkit::RunningApi)> {
+    let mut env = TestEnv::new();
+    env.settings.api.confirm_timeout_ms = confirm_timeout_ms;
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    let mut api_settings = env.settings.clone();
+    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let api = likes_testkit::RunningApi::spawn_with(&api_settings).await?;
+    Ok((env, proxy, api))
+}
+
+async fn like(
+    api: &likes_testkit::RunningApi,
+    user: &str,
+    timeout: Option<Duration>,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(LikeRequest {
+        post_id: "p".into(),
+        user_id: user.into(),
+    });
+    if let Some(timeout) = timeout {
+        request.set_timeout(timeout);
+    }
+    api.client.clone().like(request).await.map(|_| ())
+}
+
+async fn health(api: &likes_testkit::RunningApi) -> anyhow::Result<ServingStatus> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", api.addr))?
+        .connect()
+        .await?;
+    let mut client = HealthClient::new(channel);
+    let reply = client
+        .check(HealthCheckRequest {
+            service: "likes.v1.LikeService".into(),
+        })
+        .await?;
+    Ok(reply.into_inner().status())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_stops_confirming_gets_unavailable_within_the_deadline() -> anyhow::Result<()>
+{
+    let (env, proxy, api) = api_behind_proxy(500).await?;
+    like(&api, "before", None).await?;
+
+    // The broker stops answering, as when a memory or disk alarm blocks
+    // publishers: no confirm comes back.
+    proxy.stall();
+    let started = tokio::time::Instant::now();
+    let status = like(&api, "stalled", None)
+        .await
+        .expect_err("no confirm, no OK");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    // A caller's own, shorter deadline is honoured too.
+    let started = tokio::time::Instant::now();
+    let status = like(&api, "deadline", Some(Duration::from_millis(200)))
+        .await
+        .expect_err("no confirm within the deadline");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    proxy.restore();
+    eventually(Duration::from_secs(15), "Like to succeed again", || async {
+        Ok(like(&api, "after", None).await.ok())
+    })
+    .await?;
+    drop(env);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_the_broker_is_unreachable_like_fails_fast_and_health_is_not_serving()
+-> anyhow::Result<()> {
+    let (_env, proxy, api) = api_behind_proxy(5_000).await?;
+    like(&api, "before", None).await?;
+    assert_eq!(health(&api).await?, ServingStatus::Serving);
+
+    proxy.cut();
+    eventually(
+        Duration::from_secs(5),
+        "health to report NOT_SERVING",
+        || async { Ok((health(&api).await? == ServingStatus::NotServing).then_some(())) },
+    )
+    .await?;
+    let started = tokio::time::Instant::now();
+    let status = like(&api, "during", None)
+        .await
+        .expect_err("no broker, no OK");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "UNAVAILABLE should be immediate, took {:?}",
+        started.elapsed()
+    );
+
+    proxy.restore();
+    eventually(
+        Duration::from_secs(15),
+        "health to report SERVING again",
+        || async { Ok((health(&api).await? == ServingStatus::Serving).then_some(())) },
+    )
+    .await?;
+    like(&api, "after", None).await?;
     Ok(())
 }

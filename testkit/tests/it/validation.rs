@@ -84,3 +84,117 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
     assert_eq!(env.queue_depth(&env.settings.amqp.queue).await?, 1);
     Ok(())
 }
+
+/// LikeRequest with bytes where the contract has strings, to send what a
+/// well-behaved client never would.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawLikeRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    post_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    user_id: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_oversized_requests_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
+{
+    let mut env = TestEnv::new();
+    env.settings.api.max_request_bytes = 4_096;
+    let api = env.spawn_api().await?;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", api.addr))?
+        .connect()
+        .await?;
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await?;
+    let status = raw
+        .unary::<_, likes_proto::pb::LikeResponse, _>(
+            tonic::Request::new(RawLikeRequest {
+                post_id: b"p\xff\xfe".to_vec(),
+                user_id: b"u".to_vec(),
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/likes.v1.LikeService/Like"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("post_id is not UTF-8");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("UTF-8"), "{}", status.message());
+
+    let mut client = api.client.clone();
+    let status = client
+        .get_like_counts(GetLikeCountsRequest {
+            post_ids: vec!["x".repeat(100); 100],
+        })
+        .await
+        .expect_err("10 kB is over the 4 kB limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let status = client
+        .like(LikeRequest {
+            post_id: "p".repeat(5_000),
+            user_id: "u".into(),
+        })
+        .await
+        .expect_err("5 kB is over the 4 kB limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await?,
+        0,
+        "nothing enqueued"
+    );
+    client
+        .like(LikeRequest {
+            post_id: "p".into(),
+            user_id: "u".into(),
+        })
+        .await?;
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await?,
+        1,
+        "server unharmed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_concurrency_limit_calls_fail_fast_with_resource_exhausted() -> anyhow::Result<()>
+{
+    let mut env = TestEnv::new();
+    env.settings.api.max_concurrent_requests = 2;
+    let api = env.spawn_api().await?;
+    let clients = [
+        api.client.clone(),
+        api.new_client().await?,
+        api.new_client().await?,
+    ];
+    let results: Vec<_> = futures_util::future::join_all((0..300).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        async move {
+            client
+                .like(LikeRequest {
+                    post_id: "p".into(),
+                    user_id: format!("u{i}"),
+                })
+                .await
+        }
+    }))
+    .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == Code::ResourceExhausted))
+        .count();
+    assert_eq!(ok + refused, 300, "only OK or RESOURCE_EXHAUSTED expected");
+    assert!(
+        refused > 0,
+        "300 concurrent calls against a limit of 2 must see refusals"
+    );
+    assert!(ok > 0);
+    // Exactly the accepted ones were enqueued.
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await? as usize,
+        ok
+    );
+    Ok(())
+}
