@@ -32,3 +32,62 @@ pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
     }
     Ok(closed)
 }
+
+/// RabbitMQ's memory alarm, raised for the life of the guard: the broker
+/// blocks every publishing connection (flow control), as when it runs out of
+/// memory. Broker-wide, so only for tests that run alone in their binary.
+/// Dropping the guard restores the watermark that was set before.
+#[derive(Debug)]
+pub struct MemoryAlarm {
+    previous: String,
+}
+
+impl MemoryAlarm {
+    pub fn raise() -> anyhow::Result<Self> {
+        let output = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "eval",
+                "vm_memory_monitor:get_vm_memory_high_watermark().",
+            ])
+            .output()
+            .context("reading the memory watermark")?;
+        anyhow::ensure!(output.status.success(), "rabbitmqctl eval failed");
+        let previous = String::from_utf8(output.stdout)?.trim().to_owned();
+        set_watermark(&["0.0000001"])?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        // `0.4`, or `{absolute,1073741824}` when set in bytes.
+        let absolute = self
+            .previous
+            .strip_prefix("{absolute,")
+            .and_then(|rest| rest.strip_suffix('}'));
+        let restored = match absolute {
+            Some(bytes) => set_watermark(&["absolute", bytes]),
+            None => set_watermark(&[self.previous.as_str()]),
+        };
+        if let Err(error) = restored {
+            eprintln!(
+                "could not restore RabbitMQ's memory watermark {}: {error}",
+                self.previous
+            );
+        }
+    }
+}
+
+fn set_watermark(args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", "set_vm_memory_high_watermark"])
+        .args(args)
+        .status()
+        .context("running rabbitmqctl set_vm_memory_high_watermark")?;
+    anyhow::ensure!(
+        status.success(),
+        "set_vm_memory_high_watermark {args:?} failed"
+    );
+    Ok(())
+}

@@ -1,0 +1,120 @@
+//! The api as a process, and faults that touch the whole broker. Tests here
+//! run one at a time (a shared lock): the memory alarm blocks every
+//! publisher on the machine's RabbitMQ for a few seconds, so it lives in this
+//! binary, apart from the parallel end-to-end tests.
+
+use likes_common::config::SecretUrl;
+use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
+use likes_testkit::{
+    TestEnv, eventually, faults::MemoryAlarm, process::ServiceProcess, proxy::FaultProxy,
+};
+use std::{path::Path, time::Duration};
+use tokio::sync::Mutex;
+use tonic::Code;
+
+const API: &str = env!("CARGO_BIN_EXE_likes-api");
+static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+async fn like(
+    client: &mut LikeServiceClient<tonic::transport::Channel>,
+    user: &str,
+) -> Result<(), tonic::Status> {
+    client
+        .like(LikeRequest {
+            post_id: "p".into(),
+            user_id: user.into(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_memory_alarm_like_answers_unavailable_within_the_confirm_timeout()
+-> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::new();
+    env.settings.api.confirm_timeout_ms = 1_000;
+    let api = env.spawn_api().await?;
+    let mut client = api.client.clone();
+    like(&mut client, "before").await?;
+
+    let alarm = MemoryAlarm::raise()?;
+    let started = tokio::time::Instant::now();
+    let status = like(&mut client, "blocked")
+        .await
+        .expect_err("blocked publisher");
+    let waited = started.elapsed();
+    drop(alarm);
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
+
+    eventually(
+        Duration::from_secs(20),
+        "Like to succeed after the alarm",
+        || {
+            let mut client = client.clone();
+            async move { Ok(like(&mut client, "after").await.ok()) }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_calls_in_flight_finish_with_their_confirms_and_exits_zero()
+-> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
+    env.db().await?;
+    // The broker link runs through a proxy so a confirm can be held back.
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    let mut api_settings = env.settings.clone();
+    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let mut api = ServiceProcess::spawn(Path::new(API), &api_settings)?;
+
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut client = eventually(Duration::from_secs(20), "the api to listen", || {
+        let endpoint = endpoint.clone();
+        async move { Ok(LikeServiceClient::connect(endpoint).await.ok()) }
+    })
+    .await?;
+    like(&mut client, "warm").await?;
+
+    proxy.stall();
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        async move { like(&mut client, "in-flight").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let terminated = tokio::spawn(async move {
+        let status = api.terminate(Duration::from_secs(10)).await;
+        (status, api)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New calls are no longer taken while the old one waits for its confirm.
+    let mut late = LikeServiceClient::connect(endpoint.clone()).await;
+    if let Ok(client) = late.as_mut() {
+        assert!(
+            like(client, "late").await.is_err(),
+            "a call after SIGTERM was accepted"
+        );
+    }
+    proxy.restore();
+
+    in_flight
+        .await?
+        .map_err(|s| anyhow::anyhow!("in-flight call failed: {s:?}"))?;
+    let (status, _api) = terminated.await?;
+    let status = status?;
+    assert!(status.success(), "api exited with {status}");
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.queue).await?,
+        2,
+        "warm and in-flight"
+    );
+    Ok(())
+}
