@@ -5,13 +5,16 @@
 //! `main.rs` only loads settings and calls [`Application::build`] and
 //! [`Application::run_until_stopped`], so tests start exactly this code.
 
+pub mod auth;
 pub mod error;
 pub mod publisher;
 pub mod service;
 pub mod validate;
 
 use anyhow::Context;
+use auth::Auth;
 use likes_common::Settings;
+use likes_common::config::ApiSettings;
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
 use publisher::Publisher;
 use service::LikeApi;
@@ -19,7 +22,12 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, codegen::http};
+use tonic::{
+    Code,
+    codegen::http,
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Identity, ServerTlsConfig},
+};
 use tonic_health::server::HealthReporter;
 use tower::util::MapResponseLayer;
 
@@ -32,8 +40,8 @@ pub struct Application {
     /// Stops the publisher's reconnect loop once the server has drained.
     publisher_stop: CancellationToken,
     pool: likes_db::PgPool,
-    max_request_bytes: usize,
-    max_concurrent_requests: usize,
+    settings: ApiSettings,
+    tls: Option<ServerTlsConfig>,
 }
 
 impl Application {
@@ -41,6 +49,7 @@ impl Application {
     /// the database and migrating it) and takes `listener` to serve on.
     pub async fn build(settings: &Settings, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("reading the bound address")?;
+        let tls = tls_config(&settings.api)?;
         let publisher_stop = CancellationToken::new();
         let publisher = Publisher::start(
             settings.amqp.clone(),
@@ -59,8 +68,8 @@ impl Application {
             publisher,
             publisher_stop,
             pool,
-            max_request_bytes: settings.api.max_request_bytes,
-            max_concurrent_requests: settings.api.max_concurrent_requests,
+            settings: settings.api.clone(),
+            tls,
         })
     }
 
@@ -83,8 +92,17 @@ impl Application {
         let api = LikeApi::new(
             Arc::clone(&self.publisher),
             self.pool.clone(),
-            self.max_concurrent_requests,
+            self.settings.max_concurrent_requests,
         );
+        let auth = Auth::new(
+            self.settings.auth_token.expose(),
+            !self.settings.tls_client_ca_file.is_empty(),
+        );
+        let open_auth = if self.settings.auth_all_services {
+            auth.clone()
+        } else {
+            Auth::open()
+        };
 
         tracing::info!(listen = %self.local_addr, "likes-api serving");
         let stopping = {
@@ -96,14 +114,20 @@ impl Application {
                 tracing::info!("likes-api stopping: finishing calls in flight");
             }
         };
-        tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls).context("configuring TLS")?;
+        }
+        server
             .layer(MapResponseLayer::new(size_limit_is_resource_exhausted))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                LikeServiceServer::new(api).max_decoding_message_size(self.max_request_bytes),
-            )
+            .add_service(InterceptedService::new(health_service, open_auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1, open_auth.clone()))
+            .add_service(InterceptedService::new(reflection_v1alpha, open_auth))
+            .add_service(InterceptedService::new(
+                LikeServiceServer::new(api)
+                    .max_decoding_message_size(self.settings.max_request_bytes),
+                auth,
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), stopping)
             .await
             .context("serving gRPC")?;
@@ -133,6 +157,27 @@ fn size_limit_is_resource_exhausted(
         }
     }
     response
+}
+
+/// TLS from the configured PEM files; `None` serves plaintext. With a client
+/// CA, client certificates are requested and verified, and the auth
+/// interceptor refuses LikeService calls that came without one.
+fn tls_config(settings: &ApiSettings) -> anyhow::Result<Option<ServerTlsConfig>> {
+    if settings.tls_cert_file.is_empty() {
+        return Ok(None);
+    }
+    let read = |path: &str| std::fs::read(path).with_context(|| format!("reading TLS file {path}"));
+    let identity = Identity::from_pem(
+        read(&settings.tls_cert_file)?,
+        read(&settings.tls_key_file)?,
+    );
+    let mut tls = ServerTlsConfig::new().identity(identity);
+    if !settings.tls_client_ca_file.is_empty() {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(&settings.tls_client_ca_file)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

@@ -12,6 +12,10 @@
 //! | `LIKES__API__PUBLISH_CHANNELS` | `4` |
 //! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
 //! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
+//! | `LIKES__API__TLS_CERT_FILE`, `..._TLS_KEY_FILE` | empty (plaintext) |
+//! | `LIKES__API__TLS_CLIENT_CA_FILE` | empty (no mutual TLS) |
+//! | `LIKES__API__AUTH_TOKEN` | empty (no token) |
+//! | `LIKES__API__AUTH_ALL_SERVICES` | `false` |
 //! | `LIKES__AMQP__URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `LIKES__AMQP__QUEUE` | `likes.events` |
 //! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
@@ -57,6 +61,11 @@ pub struct ApiSettings {
     pub publish_channels: usize,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_client_ca_file: String,
+    pub auth_token: Secret,
+    pub auth_all_services: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -159,6 +168,18 @@ impl Settings {
                 ),
             ));
         }
+        if self.api.tls_cert_file.is_empty() != self.api.tls_key_file.is_empty() {
+            return Err(invalid(
+                "api.tls_cert_file",
+                "api.tls_cert_file and api.tls_key_file go together",
+            ));
+        }
+        if !self.api.tls_client_ca_file.is_empty() && self.api.tls_cert_file.is_empty() {
+            return Err(invalid(
+                "api.tls_client_ca_file",
+                "mutual TLS needs api.tls_cert_file and api.tls_key_file",
+            ));
+        }
         if self.api.max_concurrent_requests == 0 {
             return Err(invalid("api.max_concurrent_requests", "must be at least 1"));
         }
@@ -220,6 +241,32 @@ impl WorkerSettings {
 
     pub fn retry_budget(&self) -> Duration {
         Duration::from_millis(self.retry_budget_ms)
+    }
+}
+
+/// A secret such as a token: `Debug` and `Display` never show it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for the code that checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
     }
 }
 
@@ -327,6 +374,7 @@ mod tests {
         assert_eq!(url.to_string(), "amqp://guest:***@host:5672/%2f");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert_eq!(url.expose(), "amqp://guest:s3cret@host:5672/%2f");
+        assert_eq!(format!("{:?}", Secret::new("t0ken")), "\"***\"");
         assert_eq!(
             SecretUrl::new("postgres://postgres@127.0.0.1/likes").to_string(),
             "postgres://postgres@127.0.0.1/likes"

@@ -65,9 +65,12 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     let create = format!("CREATE DATABASE {}", quote_identifier(name));
     match diesel::sql_query(create).execute(&mut conn).await {
         Ok(_) => Ok(()),
-        // Another process created it between our check and our CREATE.
-        Err(diesel::result::Error::DatabaseError(_, info))
-            if info.message().contains("already exists") =>
+        // Another process created it between our check and our CREATE: the
+        // loser sees "already exists" or, mid-race, a unique violation on
+        // pg_database's name index.
+        Err(diesel::result::Error::DatabaseError(kind, info))
+            if info.message().contains("already exists")
+                || matches!(kind, diesel::result::DatabaseErrorKind::UniqueViolation) =>
         {
             Ok(())
         }

@@ -23,6 +23,16 @@ impl RunningApi {
         Self::spawn(settings).await
     }
 
+    /// Starts a TLS api (whose plaintext client would not connect) and
+    /// returns its address; it runs until the test's runtime ends.
+    pub async fn spawn_tls(settings: &Settings) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(settings.api.listen).await?;
+        let app = likes_api::Application::build(settings, listener).await?;
+        let addr = app.local_addr();
+        tokio::spawn(app.run_until_stopped(CancellationToken::new()));
+        Ok(addr)
+    }
+
     pub(crate) async fn spawn(settings: &Settings) -> anyhow::Result<Self> {
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await?;
         let app = likes_api::Application::build(settings, listener).await?;

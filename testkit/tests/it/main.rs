@@ -6,6 +6,7 @@ mod grpcurl;
 mod ordering;
 mod pipeline;
 mod poison;
+mod security;
 mod validation;
 
 use likes_proto::pb::{LikeEvent, like_event::Action};
