@@ -101,13 +101,23 @@ impl TestEnv {
     /// Publishes raw bytes to the event queue, as a producer other than the
     /// api could, and waits for the confirm.
     pub async fn publish_raw(&self, channel: &Channel, body: &[u8]) -> anyhow::Result<()> {
+        self.publish_with(channel, body, BasicProperties::default())
+            .await
+    }
+
+    async fn publish_with(
+        &self,
+        channel: &Channel,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> anyhow::Result<()> {
         let confirm = channel
             .basic_publish(
                 "".into(),
                 self.settings.amqp.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
-                BasicProperties::default()
+                properties
                     .with_delivery_mode(2)
                     .with_content_type(LIKE_EVENT_CONTENT_TYPE.into()),
             )
@@ -117,10 +127,13 @@ impl TestEnv {
         Ok(())
     }
 
-    /// Publishes a [`LikeEvent`] built by the test.
+    /// Publishes a [`LikeEvent`] built by the test, with its event id as
+    /// message id, as the api does.
     pub async fn publish_event(&self, channel: &Channel, event: &LikeEvent) -> anyhow::Result<()> {
         use prost::Message;
-        self.publish_raw(channel, &event.encode_to_vec()).await
+        let properties = BasicProperties::default().with_message_id(event.event_id.as_str().into());
+        self.publish_with(channel, &event.encode_to_vec(), properties)
+            .await
     }
 
     /// Messages ready in `queue` (passive declare).

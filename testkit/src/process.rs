@@ -18,14 +18,7 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts `binary` with `settings` passed as `LIKES__*` variables.
     pub fn spawn(binary: &Path, settings: &Settings) -> anyhow::Result<Self> {
-        let child = Command::new(binary)
-            .envs(env_of(settings))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()?;
+        let child = command(binary, settings).spawn()?;
         Ok(Self { child })
     }
 
@@ -67,6 +60,19 @@ impl Drop for ServiceProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A command running `binary` with `settings` as `LIKES__*` variables.
+pub fn command(binary: &Path, settings: &Settings) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .envs(env_of(settings))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null());
+    command
 }
 
 /// The settings that differ between tests, as environment variables.

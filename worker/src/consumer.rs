@@ -7,6 +7,7 @@
 
 use crate::{
     batcher::{BatchEnd, next_batch},
+    dead_letters,
     error::WorkerError,
     event::decode,
     stats::WorkerStats,
@@ -224,7 +225,10 @@ impl Settler<'_> {
             "dead-lettering a message that can never be written"
         );
         let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert("x-likes-error".into(), AMQPValue::LongString(reason.into()));
+        headers.insert(
+            dead_letters::REASON_HEADER.into(),
+            AMQPValue::LongString(reason.into()),
+        );
         headers.insert(
             "x-likes-queue".into(),
             AMQPValue::LongString(self.settings.queue.as_str().into()),

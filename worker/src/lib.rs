@@ -7,6 +7,7 @@
 
 pub mod batcher;
 pub mod consumer;
+pub mod dead_letters;
 pub mod error;
 pub mod event;
 pub mod stats;

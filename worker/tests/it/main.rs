@@ -111,3 +111,89 @@ async fn sigterm_flushes_the_batch_in_hand_and_exits_zero() -> anyhow::Result<()
     );
     Ok(())
 }
+
+const DLQ: &str = env!("CARGO_BIN_EXE_likes-dlq");
+
+fn dlq(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
+    let output = likes_testkit::process::command(Path::new(DLQ), &env.settings)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        output.status.success(),
+        "likes-dlq {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn likes_dlq_lists_inspects_and_replays_dead_letters() -> anyhow::Result<()> {
+    use diesel_async::RunQueryDsl;
+    use likes_proto::pb::{LikeEvent, like_event::Action};
+
+    let env = TestEnv::new();
+    let mut db = env.db().await?;
+    diesel::sql_query("ALTER TABLE likes ADD CONSTRAINT refuse_bob CHECK (user_id <> 'bob')")
+        .execute(&mut db)
+        .await?;
+    let (_conn, channel) = env.amqp().await?;
+    let bob = LikeEvent {
+        event_id: uuid::Uuid::now_v7().to_string(),
+        post_id: "p".into(),
+        user_id: "bob".into(),
+        action: Action::Like.into(),
+        occurred_at_micros: 1,
+    };
+    env.publish_raw(&channel, b"not a like").await?;
+    env.publish_event(&channel, &bob).await?;
+    let worker = env.spawn_worker().await?;
+    let dead = env.settings.amqp.dead_letter_queue.clone();
+    eventually(
+        Duration::from_secs(10),
+        "both in the dead-letter queue",
+        || async { Ok((env.queue_depth(&dead).await? == 2).then_some(())) },
+    )
+    .await?;
+
+    let listing = dlq(&env, &["list"])?;
+    assert!(listing.contains("2 dead letter(s)"), "{listing}");
+    assert!(listing.contains("p/bob Like"), "{listing}");
+    assert!(listing.contains("refuse_bob"), "reason shown: {listing}");
+    assert!(listing.contains("undecodable"), "{listing}");
+    assert!(listing.contains(&bob.event_id), "{listing}");
+    let inspected = dlq(&env, &["inspect", &bob.event_id])?;
+    assert!(inspected.contains("header x-likes-error:"), "{inspected}");
+    let queue_header = format!("header x-likes-queue: {}", env.settings.amqp.queue);
+    assert!(inspected.contains(&queue_header), "{inspected}");
+    assert_eq!(
+        env.queue_depth(&dead).await?,
+        2,
+        "listing leaves them in place"
+    );
+
+    // Fix the cause, then replay everything: bob is written, the garbage
+    // comes back to the dead-letter queue with a replay count.
+    diesel::sql_query("ALTER TABLE likes DROP CONSTRAINT refuse_bob")
+        .execute(&mut db)
+        .await?;
+    let replayed = dlq(&env, &["replay"])?;
+    assert!(replayed.contains("replayed 2 message(s)"), "{replayed}");
+    let pool = env.pool().await?;
+    eventually(Duration::from_secs(10), "bob to be written", || async {
+        let mut conn = likes_db::checkout(&pool).await?;
+        Ok(verify::stored_state(&mut conn, "p", "bob")
+            .await?
+            .map(|_| ()))
+    })
+    .await?;
+    eventually(
+        Duration::from_secs(10),
+        "the garbage to be dead again",
+        || async { Ok((env.queue_depth(&dead).await? == 1).then_some(())) },
+    )
+    .await?;
+    let listing = dlq(&env, &["list"])?;
+    assert!(listing.contains("replays=1"), "{listing}");
+    assert_eq!(worker.stats.dead_lettered(), 3);
+    Ok(())
+}
