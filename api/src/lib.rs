@@ -87,6 +87,7 @@ impl Application {
             self.publisher.connected(),
             shutdown.clone(),
         ));
+        likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let api = LikeApi::new(

@@ -6,8 +6,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("info");
     let settings = Settings::load().context("loading settings")?;
+    telemetry::init(settings.log.format, "info");
+    telemetry::serve_metrics(&settings.api.metrics_listen)?;
     tracing::debug!(?settings, "settings loaded");
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

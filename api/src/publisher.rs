@@ -169,7 +169,8 @@ impl Publisher {
                 .await?
                 .await
         };
-        match tokio::time::timeout(self.confirm_timeout, confirmed).await {
+        let started = tokio::time::Instant::now();
+        let outcome = match tokio::time::timeout(self.confirm_timeout, confirmed).await {
             Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
             Ok(Err(error)) => {
                 self.broken.notify_one();
@@ -182,7 +183,15 @@ impl Publisher {
             // NotRequested cannot happen on a channel in confirm mode; treat
             // it as a refusal rather than claim the message is stored.
             Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
-        }
+        };
+        let label = if outcome.is_ok() {
+            "confirmed"
+        } else {
+            "failed"
+        };
+        metrics::histogram!("likes_publish_confirm_seconds", "outcome" => label)
+            .record(started.elapsed().as_secs_f64());
+        outcome
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -202,6 +211,8 @@ impl Publisher {
             link,
         );
         self.connected.send_replace(connected);
+        metrics::gauge!("likes_amqp_connected", "role" => "api")
+            .set(f64::from(u8::from(connected)));
         old
     }
 
@@ -240,6 +251,8 @@ impl Publisher {
                 match Link::open(&settings, channels).await {
                     Ok(link) => {
                         self.replace(Some(Arc::new(link)));
+                        metrics::counter!("likes_amqp_reconnects_total", "role" => "api")
+                            .increment(1);
                         tracing::info!("reconnected to RabbitMQ");
                         break;
                     }

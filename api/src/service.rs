@@ -13,7 +13,8 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Request, Response, Status};
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
 use tracing::{Span, instrument};
 use uuid::Uuid;
 
@@ -81,12 +82,15 @@ fn now_micros() -> i64 {
 impl LikeService for LikeApi {
     #[instrument(name = "Like", skip_all, fields(post.id, user.id, event.id))]
     async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
-        let _admitted = self.admit()?;
-        let LikeRequest { post_id, user_id } = request.into_inner();
-        let (post, user) = validate::pair(post_id, user_id)?;
-        record_pair(&post, &user);
-        let event_id = self.enqueue(post, user, Action::Like).await?;
-        Ok(Response::new(LikeResponse { event_id }))
+        observed("Like", async move {
+            let _admitted = self.admit()?;
+            let LikeRequest { post_id, user_id } = request.into_inner();
+            let (post, user) = validate::pair(post_id, user_id)?;
+            record_pair(&post, &user);
+            let event_id = self.enqueue(post, user, Action::Like).await?;
+            Ok(Response::new(LikeResponse { event_id }))
+        })
+        .await
     }
 
     #[instrument(name = "Unlike", skip_all, fields(post.id, user.id, event.id))]
@@ -94,12 +98,15 @@ impl LikeService for LikeApi {
         &self,
         request: Request<UnlikeRequest>,
     ) -> Result<Response<UnlikeResponse>, Status> {
-        let _admitted = self.admit()?;
-        let UnlikeRequest { post_id, user_id } = request.into_inner();
-        let (post, user) = validate::pair(post_id, user_id)?;
-        record_pair(&post, &user);
-        let event_id = self.enqueue(post, user, Action::Unlike).await?;
-        Ok(Response::new(UnlikeResponse { event_id }))
+        observed("Unlike", async move {
+            let _admitted = self.admit()?;
+            let UnlikeRequest { post_id, user_id } = request.into_inner();
+            let (post, user) = validate::pair(post_id, user_id)?;
+            record_pair(&post, &user);
+            let event_id = self.enqueue(post, user, Action::Unlike).await?;
+            Ok(Response::new(UnlikeResponse { event_id }))
+        })
+        .await
     }
 
     #[instrument(name = "GetLikeCount", skip_all, fields(post.id))]
@@ -107,17 +114,20 @@ impl LikeService for LikeApi {
         &self,
         request: Request<GetLikeCountRequest>,
     ) -> Result<Response<GetLikeCountResponse>, Status> {
-        let _admitted = self.admit()?;
-        let post = validate::post_id("post_id", request.into_inner().post_id)?;
-        Span::current().record("post.id", post.as_str());
-        let mut conn = self.connection().await?;
-        let count = repository::like_count(&mut conn, &post)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(GetLikeCountResponse {
-            post_id: post.into_inner(),
-            count,
-        }))
+        observed("GetLikeCount", async move {
+            let _admitted = self.admit()?;
+            let post = validate::post_id("post_id", request.into_inner().post_id)?;
+            Span::current().record("post.id", post.as_str());
+            let mut conn = self.connection().await?;
+            let count = repository::like_count(&mut conn, &post)
+                .await
+                .map_err(ApiError::from)?;
+            Ok(Response::new(GetLikeCountResponse {
+                post_id: post.into_inner(),
+                count,
+            }))
+        })
+        .await
     }
 
     #[instrument(name = "GetLikeCounts", skip_all, fields(posts.count))]
@@ -125,19 +135,22 @@ impl LikeService for LikeApi {
         &self,
         request: Request<GetLikeCountsRequest>,
     ) -> Result<Response<GetLikeCountsResponse>, Status> {
-        let _admitted = self.admit()?;
-        let posts = validate::post_ids(request.into_inner().post_ids)?;
-        Span::current().record("posts.count", posts.len());
-        if posts.is_empty() {
-            return Ok(Response::new(GetLikeCountsResponse::default()));
-        }
-        let mut conn = self.connection().await?;
-        let counts = repository::like_counts(&mut conn, &posts)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(GetLikeCountsResponse {
-            counts: counts.into_iter().collect(),
-        }))
+        observed("GetLikeCounts", async move {
+            let _admitted = self.admit()?;
+            let posts = validate::post_ids(request.into_inner().post_ids)?;
+            Span::current().record("posts.count", posts.len());
+            if posts.is_empty() {
+                return Ok(Response::new(GetLikeCountsResponse::default()));
+            }
+            let mut conn = self.connection().await?;
+            let counts = repository::like_counts(&mut conn, &posts)
+                .await
+                .map_err(ApiError::from)?;
+            Ok(Response::new(GetLikeCountsResponse {
+                counts: counts.into_iter().collect(),
+            }))
+        })
+        .await
     }
 
     #[instrument(name = "HasLiked", skip_all, fields(post.id, user.id))]
@@ -145,15 +158,60 @@ impl LikeService for LikeApi {
         &self,
         request: Request<HasLikedRequest>,
     ) -> Result<Response<HasLikedResponse>, Status> {
-        let _admitted = self.admit()?;
-        let HasLikedRequest { post_id, user_id } = request.into_inner();
-        let (post, user) = validate::pair(post_id, user_id)?;
-        record_pair(&post, &user);
-        let mut conn = self.connection().await?;
-        let liked = repository::has_liked(&mut conn, &post, &user)
-            .await
-            .map_err(ApiError::from)?;
-        Ok(Response::new(HasLikedResponse { liked }))
+        observed("HasLiked", async move {
+            let _admitted = self.admit()?;
+            let HasLikedRequest { post_id, user_id } = request.into_inner();
+            let (post, user) = validate::pair(post_id, user_id)?;
+            record_pair(&post, &user);
+            let mut conn = self.connection().await?;
+            let liked = repository::has_liked(&mut conn, &post, &user)
+                .await
+                .map_err(ApiError::from)?;
+            Ok(Response::new(HasLikedResponse { liked }))
+        })
+        .await
+    }
+}
+
+/// Runs one RPC, counting it by method and status code
+/// (`likes_rpc_requests_total`) and timing it (`likes_rpc_duration_seconds`).
+async fn observed<T>(
+    method: &'static str,
+    rpc: impl Future<Output = Result<Response<T>, Status>>,
+) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = rpc.await;
+    let code = match &result {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    metrics::counter!("likes_rpc_requests_total", "method" => method, "code" => code_name(code))
+        .increment(1);
+    metrics::histogram!("likes_rpc_duration_seconds", "method" => method)
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+/// The canonical gRPC name of a code, as Prometheus label.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -7,6 +7,9 @@
 //!
 //! | key | default |
 //! |---|---|
+//! | `LIKES__LOG__FORMAT` | `text` (or `json`) |
+//! | `LIKES__API__METRICS_LISTEN` | `127.0.0.1:9464` (empty: off) |
+//! | `LIKES__WORKER__METRICS_LISTEN` | `127.0.0.1:9465` (empty: off) |
 //! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
 //! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
 //! | `LIKES__API__PUBLISH_CHANNELS` | `4` |
@@ -48,6 +51,7 @@ pub enum ConfigError {
 /// Every setting of the service.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    pub log: LogSettings,
     pub api: ApiSettings,
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -55,8 +59,22 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
+    pub metrics_listen: String,
     pub confirm_timeout_ms: u64,
     pub publish_channels: usize,
     pub max_request_bytes: usize,
@@ -103,6 +121,7 @@ pub struct DatabaseSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    pub metrics_listen: String,
     pub batch_size: usize,
     pub batch_max_wait_ms: u64,
     pub prefetch: u16,

@@ -1,16 +1,21 @@
-//! Logging through `tracing`, filtered by `RUST_LOG`.
+//! Logs through `tracing` (filtered by `RUST_LOG`, as text or JSON lines) and
+//! Prometheus metrics through the `metrics` facade.
 
+use crate::config::LogFormat;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::net::SocketAddr;
 use tracing_subscriber::{EnvFilter, fmt};
 
-/// Installs the global subscriber for a binary: human-readable lines on
-/// stderr, filtered by `RUST_LOG` or else `default_filter` (e.g. `info`).
-pub fn init(default_filter: &str) {
+/// Installs the global subscriber for a binary: lines on stderr, filtered by
+/// `RUST_LOG` or else `default_filter` (e.g. `info`).
+pub fn init(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// For tests: quiet unless `TEST_LOG` is set, then like [`init`]. Safe to call
@@ -21,4 +26,39 @@ pub fn init_for_tests() {
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics_listen {0:?} is not host:port")]
+    Address(String),
+    #[error("cannot start the metrics endpoint: {0}")]
+    Exporter(#[from] metrics_exporter_prometheus::BuildError),
+}
+
+/// Serves Prometheus metrics at `http://<listen>/metrics` from the process's
+/// global recorder; an empty `listen` turns metrics off. Call once, from
+/// `main`, inside the runtime. Durations are histograms in seconds.
+pub fn serve_metrics(listen: &str) -> Result<(), MetricsError> {
+    if listen.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|_| MetricsError::Address(listen.to_owned()))?;
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("likes_batch_size".into()),
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+        )?
+        .install()?;
+    Ok(())
 }

@@ -9,4 +9,6 @@ pub mod schema;
 
 pub use error::DbError;
 pub use models::{Action, LikeChange, WriteOutcome};
-pub use pool::{PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations};
+pub use pool::{
+    PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations, spawn_pool_gauges,
+};

@@ -9,6 +9,8 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use likes_common::config::DatabaseSettings;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The connection pool both binaries use.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -28,6 +30,24 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// runs (an api and a worker starting together) on a session advisory lock.
 const MIGRATION_LOCK_KEY: i64 = 0x6c69_6b65_735f_6d69; // "likes_mi"
 
+/// Publishes the pool's use as `likes_db_pool_connections{state}` (`idle`,
+/// `in_use`) every second until `stop` is cancelled.
+pub fn spawn_pool_gauges(pool: PgPool, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let state = pool.state();
+            let idle = f64::from(state.idle_connections);
+            let open = f64::from(state.connections);
+            metrics::gauge!("likes_db_pool_connections", "state" => "idle").set(idle);
+            metrics::gauge!("likes_db_pool_connections", "state" => "in_use").set(open - idle);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}
+
 /// Creates the database if needed, runs migrations, and returns a pool.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.url.expose();
@@ -36,6 +56,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
     Pool::builder()
         .max_size(settings.pool_size)
+        // No `SELECT 1` before every checkout: it would double the
+        // transactions a batch costs. A broken connection fails its query,
+        // the error is retried, and bb8 drops the connection
+        // (`has_broken`), so the next checkout gets a fresh one.
+        .test_on_check_out(false)
         .connection_timeout(settings.connect_timeout())
         .build(manager)
         .await

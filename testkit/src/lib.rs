@@ -50,6 +50,10 @@ impl TestEnv {
         settings.amqp.queue = format!("likes.test.{id}.events");
         settings.amqp.dead_letter_queue = format!("likes.test.{id}.dead");
         settings.api.listen = "127.0.0.1:0".parse().expect("literal address");
+        // In-process services record into the process's global recorder;
+        // only binaries serve metrics (tests that scrape pick free ports).
+        settings.api.metrics_listen = String::new();
+        settings.worker.metrics_listen = String::new();
         Self { settings, id }
     }
 
@@ -163,6 +167,48 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         cleanup::remove(&self.settings);
     }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a child process
+/// that must listen on a known address.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// GET `http://addr/metrics`, the Prometheus text format.
+pub async fn scrape(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("no HTTP body from {addr}"))?;
+    anyhow::ensure!(head.contains(" 200 "), "metrics answered {head}");
+    Ok(body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as exposed, or
+/// `None` for a metric without labels) in a Prometheus text body.
+pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
+    let key = match labels {
+        Some(labels) => format!("{name}{{{labels}}}"),
+        None => name.to_owned(),
+    };
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(key.as_str())?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.

@@ -98,6 +98,11 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
             settings.database.pool_size.to_string(),
         ),
         ("LIKES__API__LISTEN", settings.api.listen.to_string()),
+        (
+            "LIKES__API__METRICS_LISTEN",
+            settings.api.metrics_listen.clone(),
+        ),
+        ("LIKES__WORKER__METRICS_LISTEN", w.metrics_listen.clone()),
         ("LIKES__WORKER__BATCH_SIZE", w.batch_size.to_string()),
         (
             "LIKES__WORKER__BATCH_MAX_WAIT_MS",

@@ -143,7 +143,7 @@ impl Settler<'_> {
                 self.channel
                     .basic_ack(last_tag, BasicAckOptions { multiple: true })
                     .await?;
-                WorkerStats::add(&self.stats.events, tally.events);
+                self.stats.batch_acked(size, started.elapsed());
                 tracing::info!(
                     batch.size = size,
                     batch.pairs = tally.pairs,
@@ -167,7 +167,7 @@ impl Settler<'_> {
                         },
                     )
                     .await?;
-                WorkerStats::add(&self.stats.requeued_batches, 1);
+                self.stats.batch_requeued();
             }
         }
         Ok(())
@@ -193,8 +193,9 @@ impl Settler<'_> {
                 .collect();
             match self.writer.write(&changes, self.shutdown).await {
                 Ok(outcome) => {
-                    WorkerStats::add(&self.stats.batches, 1);
-                    tally.add(&outcome, changes.len());
+                    self.stats
+                        .statement_committed(changes.len(), outcome.rows_changed);
+                    tally.add(&outcome);
                 }
                 Err(WriteError::Permanent(error)) if range.len() == 1 => {
                     let (delivery, _) = &items[range.start];
@@ -258,7 +259,7 @@ impl Settler<'_> {
                 "dead-letter publish not confirmed",
             )));
         }
-        WorkerStats::add(&self.stats.dead_lettered, 1);
+        self.stats.dead_lettered_one();
         Ok(())
     }
 }
@@ -267,16 +268,14 @@ impl Settler<'_> {
 #[derive(Debug, Default)]
 struct Tally {
     statements: u32,
-    events: u64,
     pairs: usize,
     rows_changed: i64,
     counters_changed: i64,
 }
 
 impl Tally {
-    fn add(&mut self, outcome: &likes_db::WriteOutcome, events: usize) {
+    fn add(&mut self, outcome: &likes_db::WriteOutcome) {
         self.statements += 1;
-        self.events += events as u64;
         self.pairs += outcome.pairs;
         self.rows_changed += outcome.rows_changed;
         self.counters_changed += outcome.counters_changed;

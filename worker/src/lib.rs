@@ -26,6 +26,7 @@ use writer::Writer;
 #[derive(Debug)]
 pub struct Worker {
     settings: Settings,
+    pool: likes_db::PgPool,
     writer: Writer,
     stats: Arc<WorkerStats>,
 }
@@ -37,7 +38,8 @@ impl Worker {
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", settings.database.url))?;
         Ok(Self {
-            writer: Writer::new(pool, &settings.worker),
+            writer: Writer::new(pool.clone(), &settings.worker),
+            pool,
             settings: settings.clone(),
             stats: Arc::default(),
         })
@@ -67,6 +69,7 @@ impl Worker {
             .with_jitter()
             .without_max_times();
         let mut delays = backoff.build();
+        likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
         loop {
             let connection = match session.take() {
                 Some(connection) => connection,
@@ -94,6 +97,8 @@ impl Worker {
                         delays = backoff.build();
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    metrics::counter!("likes_amqp_reconnects_total", "role" => "worker")
+                        .increment(1);
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
                     let _ = connection.close(200, "reconnecting".into()).await;
                     tokio::select! {
@@ -119,16 +124,53 @@ impl Worker {
     ) -> Result<(), WorkerError> {
         let channel = connection.create_channel().await?;
         amqp::declare_topology(&channel, &self.settings.amqp).await?;
-        consumer::consume(
+        let session = shutdown.child_token();
+        let _stop_gauges = session.clone().drop_guard();
+        tokio::spawn(report_queue_depth(
+            connection.create_channel().await?,
+            self.settings.amqp.queue.clone(),
+            session,
+        ));
+        metrics::gauge!("likes_amqp_connected", "role" => "worker").set(1.0);
+        let consumed = consumer::consume(
             &channel,
             &self.settings,
             &self.writer,
             &self.stats,
             shutdown,
         )
-        .await?;
+        .await;
+        metrics::gauge!("likes_amqp_connected", "role" => "worker").set(0.0);
+        consumed?;
         channel.close(200, "shutdown".into()).await?;
         connection.close(200, "shutdown".into()).await?;
         Ok(())
+    }
+}
+
+/// Publishes the event queue's depth as `likes_queue_depth` every two
+/// seconds, on a channel of its own, until `stop` is cancelled.
+async fn report_queue_depth(channel: lapin::Channel, queue: String, stop: CancellationToken) {
+    loop {
+        let declared = channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::durable().passive(),
+                lapin::types::FieldTable::default(),
+            )
+            .await;
+        match declared {
+            Ok(declared) => {
+                metrics::gauge!("likes_queue_depth").set(f64::from(declared.message_count()));
+            }
+            Err(error) => {
+                tracing::debug!(%error, "reading the queue depth");
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
     }
 }

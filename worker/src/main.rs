@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("info");
     let settings = Settings::load().context("loading settings")?;
+    telemetry::init(settings.log.format, "info");
+    telemetry::serve_metrics(&settings.worker.metrics_listen)?;
     tracing::debug!(?settings, "settings loaded");
     let worker = likes_worker::Worker::build(&settings).await?;
     let token = CancellationToken::new();

@@ -1,39 +1,77 @@
-//! Counters of what a worker did, shared with whoever wants to read them
-//! (tests, the load generator, logs).
+//! What a worker did: atomic counters for whoever holds the worker (tests,
+//! the load generator), and the same events as Prometheus metrics.
+//!
+//! | metric | kind | meaning |
+//! |---|---|---|
+//! | `likes_batches_total` | counter | statements committed (one transaction each) |
+//! | `likes_events_written_total` | counter | events in committed statements |
+//! | `likes_rows_written_total` | counter | `likes` rows inserted or changed |
+//! | `likes_batch_size` | histogram | events per batch |
+//! | `likes_batch_flush_seconds` | histogram | time from a batch's close to its ack |
+//! | `likes_acks_total` / `likes_nacks_total` | counter | batch acks / batch requeues |
+//! | `likes_dead_lettered_total` | counter | messages sent to the dead-letter queue |
+//! | `likes_write_retries_total` | counter | failed write attempts retried in place |
+//! | `likes_amqp_reconnects_total{role}` | counter | broker reconnections |
+//! | `likes_amqp_connected{role}` | gauge | 1 while connected |
+//! | `likes_queue_depth` | gauge | ready messages in the event queue |
+//! | `likes_db_pool_connections{state}` | gauge | pool connections, `idle` or `in_use` |
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 /// Monotonic counters since the worker started.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
-    /// Batches committed (one database transaction each).
-    pub batches: AtomicU64,
-    /// Events in committed batches.
-    pub events: AtomicU64,
-    /// Messages sent to the dead-letter queue.
-    pub dead_lettered: AtomicU64,
-    /// Batches handed back to the queue (nack with requeue).
-    pub requeued_batches: AtomicU64,
+    batches: AtomicU64,
+    events: AtomicU64,
+    dead_lettered: AtomicU64,
+    requeued_batches: AtomicU64,
 }
 
 impl WorkerStats {
+    /// Statements committed (one database transaction each).
     pub fn batches(&self) -> u64 {
         self.batches.load(Ordering::Relaxed)
     }
 
+    /// Events in committed statements.
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }
 
+    /// Messages sent to the dead-letter queue.
     pub fn dead_lettered(&self) -> u64 {
         self.dead_lettered.load(Ordering::Relaxed)
     }
 
+    /// Batches handed back to the queue (nack with requeue).
     pub fn requeued_batches(&self) -> u64 {
         self.requeued_batches.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn statement_committed(&self, events: usize, rows_changed: i64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        metrics::counter!("likes_batches_total").increment(1);
+        metrics::counter!("likes_events_written_total").increment(events as u64);
+        metrics::counter!("likes_rows_written_total").increment(rows_changed.max(0) as u64);
+    }
+
+    pub(crate) fn batch_acked(&self, size: usize, flush: Duration) {
+        metrics::counter!("likes_acks_total").increment(1);
+        metrics::histogram!("likes_batch_size").record(size as f64);
+        metrics::histogram!("likes_batch_flush_seconds").record(flush.as_secs_f64());
+    }
+
+    pub(crate) fn batch_requeued(&self) {
+        self.requeued_batches.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("likes_nacks_total").increment(1);
+    }
+
+    pub(crate) fn dead_lettered_one(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("likes_dead_lettered_total").increment(1);
     }
 }

@@ -76,6 +76,7 @@ impl Writer {
                     last: error,
                 });
             }
+            metrics::counter!("likes_write_retries_total").increment(1);
             tracing::warn!(
                 %error,
                 attempt = attempts,

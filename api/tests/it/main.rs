@@ -118,3 +118,83 @@ async fn sigterm_lets_calls_in_flight_finish_with_their_confirms_and_exits_zero(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_binaries_serve_prometheus_metrics_that_match_what_was_sent() -> anyhow::Result<()> {
+    use likes_testkit::{free_port, sample, scrape};
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::new();
+    let api_port = free_port()?;
+    env.settings.api.listen = format!("127.0.0.1:{api_port}").parse()?;
+    env.settings.api.metrics_listen = format!("127.0.0.1:{}", free_port()?);
+    env.settings.worker.metrics_listen = format!("127.0.0.1:{}", free_port()?);
+    env.db().await?;
+    let worker_binary = Path::new(API).with_file_name("likes-worker");
+    let _api = ServiceProcess::spawn(Path::new(API), &env.settings)?;
+    let _worker = ServiceProcess::spawn(&worker_binary, &env.settings)?;
+
+    let endpoint = format!("http://127.0.0.1:{api_port}");
+    let mut client = eventually(Duration::from_secs(20), "the api to listen", || {
+        let endpoint = endpoint.clone();
+        async move { Ok(LikeServiceClient::connect(endpoint).await.ok()) }
+    })
+    .await?;
+    for i in 0..200 {
+        like(&mut client, &format!("u{i}")).await?;
+    }
+    for _ in 0..5 {
+        assert!(like(&mut client, "").await.is_err());
+    }
+
+    let api_metrics = &env.settings.api.metrics_listen;
+    let worker_metrics = &env.settings.worker.metrics_listen;
+    let body = eventually(
+        Duration::from_secs(20),
+        "the worker to report 200 events",
+        || async {
+            let body = scrape(worker_metrics).await?;
+            Ok((sample(&body, "likes_events_written_total", None) == Some(200.0)).then_some(body))
+        },
+    )
+    .await?;
+    assert!(
+        sample(&body, "likes_batches_total", None).unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
+    assert!(
+        sample(&body, "likes_acks_total", None).unwrap_or(0.0) >= 1.0,
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "likes_rows_written_total", None),
+        Some(200.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "likes_amqp_connected", Some("role=\"worker\"")),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(body.contains("likes_batch_size_bucket"), "{body}");
+    assert!(body.contains("likes_batch_flush_seconds_bucket"), "{body}");
+
+    let body = scrape(api_metrics).await?;
+    let ok = sample(
+        &body,
+        "likes_rpc_requests_total",
+        Some("method=\"Like\",code=\"OK\""),
+    );
+    assert_eq!(ok, Some(200.0), "{body}");
+    let invalid = sample(
+        &body,
+        "likes_rpc_requests_total",
+        Some("method=\"Like\",code=\"INVALID_ARGUMENT\""),
+    );
+    assert_eq!(invalid, Some(5.0), "{body}");
+    assert!(
+        body.contains("likes_publish_confirm_seconds_bucket"),
+        "{body}"
+    );
+    assert!(body.contains("likes_db_pool_connections"), "{body}");
+    Ok(())
+}

@@ -46,9 +46,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    telemetry::init("warn");
     let cli = Cli::parse();
     let settings = Settings::load().context("loading settings")?;
+    telemetry::init(settings.log.format, "warn");
     let connection = amqp::connect(&settings.amqp, "likes-dlq")
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", settings.amqp.url))?;
