@@ -163,7 +163,8 @@ async fn in_process(
     Ok((report, samples, worker_settings))
 }
 
-/// A running api at `target`; its database and queue from the settings.
+/// A running api at `target`; its database and queue from the options, else
+/// from the settings.
 async fn against(
     target: &str,
     options: &Options,
@@ -175,12 +176,16 @@ async fn against(
         .database_url
         .clone()
         .map_or_else(|| settings.database.url.clone(), SecretUrl::new);
+    let mut amqp = settings.amqp;
+    if let Some(queue) = &options.queue {
+        amqp.queue.clone_from(queue);
+    }
     let system = System {
         label: "pipeline",
         sink: Sink::grpc(target, options.connections()).await?,
         database,
         persisted: PersistedSource::Rows,
-        queue: Some(QueueProbe::new(&settings.amqp)),
+        queue: Some(QueueProbe::new(&amqp)),
         pool_size: None,
     };
     measure(system, options, workload, view).await
@@ -250,7 +255,7 @@ async fn measure(
     let persisted = match system.persisted {
         PersistedSource::Worker(stats) => Persisted::Worker(stats),
         PersistedSource::Rows => Persisted::Rows {
-            probe: Probe::connect(&system.database, Arc::clone(&own)).await?,
+            probe: Box::new(Probe::connect(&system.database, Arc::clone(&own)).await?),
             like_pattern: names.like_pattern(),
         },
         PersistedSource::Acknowledged => Persisted::Acknowledged,

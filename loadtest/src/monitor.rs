@@ -27,7 +27,10 @@ pub enum Persisted {
     /// Events in batches the in-process worker committed.
     Worker(Arc<WorkerStats>),
     /// Rows of the run in `likes` (a running api's workers are out of reach).
-    Rows { probe: Probe, like_pattern: String },
+    Rows {
+        probe: Box<Probe>,
+        like_pattern: String,
+    },
     /// Written before the answer (the direct baseline): the acknowledged count.
     Acknowledged,
 }

@@ -78,6 +78,11 @@ pub struct Options {
     #[arg(long, value_name = "URL", requires = "target")]
     pub database_url: Option<String>,
 
+    /// Event queue of the --target api, whose depth is sampled.
+    /// Default: the configured amqp.queue.
+    #[arg(long, value_name = "NAME", requires = "target")]
+    pub queue: Option<String>,
+
     /// Longest wait, after the last request, for everything acknowledged to
     /// be persisted.
     #[arg(long, value_name = "SECS", default_value_t = 120)]

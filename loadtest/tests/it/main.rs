@@ -138,3 +138,39 @@ async fn the_direct_baseline_is_verified_and_compared() -> anyhow::Result<()> {
     assert!(report.to_string().contains("verification (direct): PASSED"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_api_is_driven_and_verified_through_its_database() -> anyhow::Result<()> {
+    let env = likes_testkit::TestEnv::new();
+    let api = env.spawn_api().await?;
+    let _worker = env.spawn_worker().await?;
+    let target = api.addr.to_string();
+    let options = options(&[
+        "--likes",
+        "1000",
+        "--concurrency",
+        "16",
+        "--unlike-fraction",
+        "0.05",
+        "--target",
+        &target,
+        "--database-url",
+        env.settings.database.url.expose(),
+        "--queue",
+        &env.settings.amqp.queue,
+    ]);
+    let report = likes_loadtest::run(&options, ProgressView::Hidden).await?;
+    assert!(report.passed(), "{report}");
+
+    let p = &report.pipeline;
+    assert_eq!(report.scenario.target, target);
+    assert_eq!(p.acknowledged, p.sent - p.failed);
+    assert!(p.worker.is_none(), "a running api's worker is out of reach");
+    assert!(
+        p.persisted_per_s.is_some() && p.peak_queue_depth.is_some(),
+        "{report}"
+    );
+    let per_like = p.transactions_per_like.expect("measured");
+    assert!(per_like < 1.0, "{report}");
+    Ok(())
+}
