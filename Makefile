@@ -12,6 +12,11 @@ run: services
 test: services tools check-compose
 	$(CARGO) test --workspace --locked
 
+## Load test in release mode (api and worker in-process, fresh database and
+## queues), e.g. make loadtest ARGS="--likes 100000 --baseline direct".
+loadtest: services
+	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
+
 ## Start / stop RabbitMQ and PostgreSQL with docker compose.
 up:
 	docker compose up -d --wait rabbitmq postgres

@@ -1,0 +1,228 @@
+//! Looking at the system under load without disturbing what is measured:
+//! the queue depth over AMQP, the measured database through a connection
+//! that counts its own statements, and that database's committed
+//! transactions from `pg_stat_database`, read from the `postgres` database
+//! so the reading itself is not counted.
+
+use anyhow::Context;
+use diesel::{
+    QueryableByName,
+    sql_types::{BigInt, Text},
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
+use likes_common::{config::AmqpSettings, config::SecretUrl};
+use std::{
+    fmt,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// A connection to the measured database that counts the statements it
+/// runs: each is a transaction of its own (autocommit), which the
+/// transactions-per-like figure must not charge to the system.
+pub struct Probe {
+    conn: AsyncPgConnection,
+    own: Arc<AtomicU64>,
+}
+
+impl fmt::Debug for Probe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Probe")
+            .field("own", &self.own)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Probe {
+    /// Connects; `own` is shared by every probe of one measurement.
+    pub async fn connect(url: &SecretUrl, own: Arc<AtomicU64>) -> anyhow::Result<Self> {
+        let conn = AsyncPgConnection::establish(url.expose())
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self { conn, own })
+    }
+
+    /// The connection, for exactly one statement.
+    pub fn statement(&mut self) -> &mut AsyncPgConnection {
+        self.own.fetch_add(1, Ordering::Relaxed);
+        &mut self.conn
+    }
+
+    /// Rows of this run in `likes`, and how many of them are liked.
+    pub async fn stored(&mut self, like_pattern: &str) -> anyhow::Result<Stored> {
+        let stored = diesel::sql_query(
+            "SELECT count(*) AS rows, count(*) FILTER (WHERE liked) AS liked
+             FROM likes WHERE post_id LIKE $1",
+        )
+        .bind::<Text, _>(like_pattern)
+        .get_result(self.statement())
+        .await?;
+        Ok(stored)
+    }
+}
+
+/// A count of stored pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct Stored {
+    #[diesel(sql_type = BigInt)]
+    pub rows: i64,
+    #[diesel(sql_type = BigInt)]
+    pub liked: i64,
+}
+
+#[derive(QueryableByName)]
+struct Commits {
+    #[diesel(sql_type = BigInt)]
+    xact_commit: i64,
+}
+
+/// Committed transactions of one database, from `pg_stat_database`.
+pub struct CommitCounter {
+    conn: AsyncPgConnection,
+    database: String,
+}
+
+impl fmt::Debug for CommitCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommitCounter")
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommitCounter {
+    /// Connects to the `postgres` database of the server `url` names.
+    pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
+        let (server, database) = split_database_url(url.expose())
+            .with_context(|| format!("reading the database name of {url}"))?;
+        let conn = AsyncPgConnection::establish(&format!("{server}/postgres"))
+            .await
+            .with_context(|| format!("connecting to the postgres database next to {url}"))?;
+        Ok(Self {
+            conn,
+            database: database.to_owned(),
+        })
+    }
+
+    /// The database's committed transactions as the statistics show them now.
+    pub async fn read(&mut self) -> anyhow::Result<u64> {
+        let row: Commits = diesel::sql_query(
+            "SELECT coalesce(sum(xact_commit), 0)::int8 AS xact_commit
+             FROM pg_stat_database WHERE datname = $1",
+        )
+        .bind::<Text, _>(&self.database)
+        .get_result(&mut self.conn)
+        .await?;
+        Ok(u64::try_from(row.xact_commit).unwrap_or(0))
+    }
+
+    /// The count once every backend has reported: PostgreSQL 15 sessions
+    /// flush their statistics at most once a second, so wait until the count
+    /// has not moved for a while (at most `limit`).
+    pub async fn settled(&mut self, limit: Duration) -> anyhow::Result<u64> {
+        const QUIET: Duration = Duration::from_millis(1500);
+        let deadline = Instant::now() + limit;
+        let mut last = self.read().await?;
+        let mut since = Instant::now();
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = self.read().await?;
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= QUIET {
+                break;
+            }
+        }
+        Ok(last)
+    }
+}
+
+/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`).
+fn split_database_url(url: &str) -> anyhow::Result<(&str, &str)> {
+    let authority = url.find("://").context("no scheme")? + 3;
+    let slash = url[authority..]
+        .find('/')
+        .map(|i| authority + i)
+        .context("no database name")?;
+    let name = url[slash + 1..]
+        .split(['?', '#'])
+        .next()
+        .filter(|n| !n.is_empty())
+        .context("no database name")?;
+    Ok((&url[..slash], name))
+}
+
+/// Messages ready in the event queue, over a connection of its own.
+#[derive(Debug)]
+pub struct QueueProbe {
+    settings: AmqpSettings,
+    link: Option<(Connection, Channel)>,
+}
+
+impl QueueProbe {
+    pub fn new(settings: &AmqpSettings) -> Self {
+        Self {
+            settings: settings.clone(),
+            link: None,
+        }
+    }
+
+    /// Ready messages (not those delivered and unacked), or `None` if the
+    /// broker could not tell; the next call reconnects.
+    pub async fn depth(&mut self) -> Option<u32> {
+        match self.try_depth().await {
+            Ok(depth) => Some(depth),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the queue depth");
+                self.link = None;
+                None
+            }
+        }
+    }
+
+    async fn try_depth(&mut self) -> anyhow::Result<u32> {
+        if self.link.is_none() {
+            let connection =
+                likes_common::amqp::connect(&self.settings, "likes-loadtest-depth").await?;
+            let channel = connection.create_channel().await?;
+            self.link = Some((connection, channel));
+        }
+        let (_, channel) = self.link.as_ref().expect("connected just above");
+        let declared = channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                QueueDeclareOptions::durable().passive(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(declared.message_count())
+    }
+
+    /// Closes the connection, if open.
+    pub async fn close(mut self) {
+        if let Some((connection, _)) = self.link.take() {
+            let _ = connection.close(200, "done".into()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_server_and_database() {
+        let (server, name) =
+            split_database_url("postgres://postgres@127.0.0.1:5432/likes_test_1?sslmode=disable")
+                .expect("valid url");
+        assert_eq!(server, "postgres://postgres@127.0.0.1:5432");
+        assert_eq!(name, "likes_test_1");
+        assert!(split_database_url("postgres://h:5432/").is_err());
+    }
+}

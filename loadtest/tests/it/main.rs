@@ -1,0 +1,176 @@
+//! The load generator end to end: the real api and worker in-process (each
+//! test on its own database and queues), small workloads, the report checked
+//! for sense and the verification required to pass.
+
+use clap::Parser;
+use likes_loadtest::{Options, ProgressView};
+
+fn options(args: &[&str]) -> Options {
+    Options::parse_from(std::iter::once("likes-loadtest").chain(args.iter().copied()))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mixed_celebrity_workload_is_persisted_exactly_and_reported() -> anyhow::Result<()> {
+    let chart = std::env::temp_dir().join(format!("likes-loadtest-it-{}.svg", std::process::id()));
+    let chart_arg = chart
+        .to_str()
+        .expect("temp paths are UTF-8 here")
+        .to_owned();
+    let options = options(&[
+        "--likes",
+        "2000",
+        "--concurrency",
+        "16",
+        "--posts",
+        "50",
+        "--hot-fraction",
+        "0.9",
+        "--duplicate-fraction",
+        "0.1",
+        "--unlike-fraction",
+        "0.05",
+        "--seed",
+        "42",
+        "--drain-timeout",
+        "60",
+        "--chart",
+        &chart_arg,
+    ]);
+    let report = likes_loadtest::run(&options, ProgressView::Hidden).await?;
+    let svg = std::fs::read_to_string(&chart);
+    let _ = std::fs::remove_file(&chart);
+    assert!(report.passed(), "{report}");
+
+    let p = &report.pipeline;
+    assert_eq!(p.sent, 2000);
+    assert_eq!(p.acknowledged, p.sent - p.failed, "{report}");
+    assert_eq!(p.kinds.fresh + p.kinds.duplicate + p.kinds.unlike, p.sent);
+    assert!(
+        p.kinds.duplicate > 100 && p.kinds.unlike > 40,
+        "{:?}",
+        p.kinds
+    );
+
+    let v = &p.verification;
+    assert_eq!(v.pairs_expected + v.pairs_uncertain, p.kinds.fresh);
+    if p.failed == 0 {
+        assert_eq!(v.pairs_stored, p.kinds.fresh, "one row per pair");
+        // Each Unlike takes a different liked pair, which never gets another request.
+        assert_eq!(v.pairs_liked, p.kinds.fresh - p.kinds.unlike);
+    }
+
+    let like = p.like_latency_us;
+    assert_eq!(like.count, p.kinds.fresh + p.kinds.duplicate);
+    assert!(like.p50 <= like.p90 && like.p90 <= like.p99 && like.p99 <= like.max);
+    assert!(p.accepted_per_s > 0.0 && p.load_s > 0.0);
+    let persisted = p.persisted_per_s.expect("everything was persisted");
+    assert!(
+        persisted > 0.0 && persisted <= p.accepted_per_s * 1.01,
+        "{report}"
+    );
+    assert!(p.drain_ms.is_some() && p.peak_queue_depth.is_some());
+
+    let worker = p.worker.expect("the worker ran in-process");
+    assert!(worker.events >= p.acknowledged, "{report}");
+    assert!(
+        worker.batches >= 1 && worker.batches < p.acknowledged,
+        "{report}"
+    );
+    assert_eq!(worker.dead_lettered, 0);
+    let per_like = p.transactions_per_like.expect("measured");
+    assert!(
+        per_like < 1.0,
+        "batching costs less than a transaction per like: {report}"
+    );
+
+    let svg = svg?;
+    assert!(svg.starts_with("<svg") && svg.contains("persisted/s"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_direct_baseline_is_verified_and_compared() -> anyhow::Result<()> {
+    let options = options(&[
+        "--likes",
+        "500",
+        "--concurrency",
+        "16",
+        "--posts",
+        "20",
+        "--duplicate-fraction",
+        "0.1",
+        "--unlike-fraction",
+        "0.05",
+        "--baseline",
+        "direct",
+    ]);
+    let report = likes_loadtest::run(&options, ProgressView::Hidden).await?;
+    assert!(report.passed(), "{report}");
+
+    let direct = report.baseline.as_ref().expect("the baseline ran");
+    assert_eq!(direct.system, "direct");
+    assert_eq!(direct.sent, 500);
+    assert_eq!(direct.acknowledged, direct.sent - direct.failed);
+    assert!(direct.worker.is_none() && direct.pool_size == Some(16));
+    assert_eq!(
+        direct.drain_ms,
+        Some(0),
+        "direct writes commit before the answer"
+    );
+    let per_like = direct.transactions_per_like.expect("measured");
+    assert!(
+        per_like >= 1.0,
+        "one transaction per request at least: {report}"
+    );
+
+    let comparison = report.comparison.expect("compared with the baseline");
+    assert!(comparison.accepted_ratio > 0.0);
+    assert!(
+        comparison
+            .transactions_per_like_ratio
+            .is_some_and(|r| r < 1.0),
+        "{report}"
+    );
+
+    let json = serde_json::to_value(&report)?;
+    assert_eq!(json["baseline"]["system"], "direct");
+    assert_eq!(json["pipeline"]["verification"]["missing"], 0);
+    assert!(report.to_string().contains("verification (direct): PASSED"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_api_is_driven_and_verified_through_its_database() -> anyhow::Result<()> {
+    let env = likes_testkit::TestEnv::new();
+    let api = env.spawn_api().await?;
+    let _worker = env.spawn_worker().await?;
+    let target = api.addr.to_string();
+    let options = options(&[
+        "--likes",
+        "1000",
+        "--concurrency",
+        "16",
+        "--unlike-fraction",
+        "0.05",
+        "--target",
+        &target,
+        "--database-url",
+        env.settings.database.url.expose(),
+        "--queue",
+        &env.settings.amqp.queue,
+    ]);
+    let report = likes_loadtest::run(&options, ProgressView::Hidden).await?;
+    assert!(report.passed(), "{report}");
+
+    let p = &report.pipeline;
+    assert_eq!(report.scenario.target, target);
+    assert_eq!(p.acknowledged, p.sent - p.failed);
+    assert!(p.worker.is_none(), "a running api's worker is out of reach");
+    assert!(
+        p.persisted_per_s.is_some() && p.peak_queue_depth.is_some(),
+        "{report}"
+    );
+    let per_like = p.transactions_per_like.expect("measured");
+    assert!(per_like < 1.0, "{report}");
+    Ok(())
+}
