@@ -139,6 +139,45 @@ impl Application {
     }
 }
 
+/// `likes-api --health-check`: asks the api at `api.listen` (an unspecified
+/// address means this host) whether LikeService is SERVING. For container
+/// health checks; needs nothing but the binary. Under TLS it only checks
+/// that the port accepts connections.
+pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
+    let mut addr = settings.api.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    if !settings.api.tls_cert_file.is_empty() {
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        return Ok(());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+        service: "likes.v1.LikeService".into(),
+    });
+    if !settings.api.auth_token.is_empty() && settings.api.auth_all_services {
+        let value = format!("Bearer {}", settings.api.auth_token.expose()).parse()?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    let status = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(request)
+        .await?
+        .into_inner()
+        .status();
+    anyhow::ensure!(
+        status == tonic_health::pb::health_check_response::ServingStatus::Serving,
+        "likes.v1.LikeService is {status:?}"
+    );
+    Ok(())
+}
+
 /// tonic refuses a request over `max_decoding_message_size` with
 /// OUT_OF_RANGE; to callers that is RESOURCE_EXHAUSTED ("too large"), so the
 /// status is rewritten. Such a refusal is a trailers-only response, with the

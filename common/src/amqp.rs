@@ -7,7 +7,7 @@
 //! `likes.dead`). Messages are published to the default exchange with the
 //! queue name as routing key, so no exchange needs declaring.
 
-use crate::config::{AmqpSettings, QueueType};
+use crate::config::{AmqpSettings, QueueType, SecretUrl};
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::QueueDeclareOptions,
@@ -16,10 +16,33 @@ use lapin::{
 
 /// Opens a connection named after its role and queue (`likes-api
 /// likes.events`), as shown in the management UI and `rabbitmqctl`.
+///
+/// `amqp.url` may list several comma-separated URLs, the nodes of a
+/// cluster: they are tried in order and the first that answers is used, so
+/// when a node is lost, the reconnect moves on to the next one.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> lapin::Result<Connection> {
     let name = format!("{role} {}", settings.queue);
-    let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
-    Connection::connect(settings.url.expose(), properties).await
+    let mut last_error = None;
+    for url in node_urls(settings.url.expose()) {
+        let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
+        match Connection::connect(url, properties).await {
+            Ok(connection) => return Ok(connection),
+            Err(error) => {
+                tracing::warn!(node = %SecretUrl::new(url), %error, "RabbitMQ node unreachable");
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(
+            lapin::ConnectionState::Error,
+        ))
+    }))
+}
+
+/// The URLs of `amqp.url`, split on commas.
+pub fn node_urls(urls: &str) -> impl Iterator<Item = &str> {
+    urls.split(',').map(str::trim).filter(|url| !url.is_empty())
 }
 
 /// Declares the dead-letter queue, then the event queue that dead-letters into
@@ -65,4 +88,16 @@ fn queue_type_arguments(queue_type: QueueType) -> FieldTable {
         AMQPValue::LongString(queue_type.as_str().into()),
     );
     arguments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_urls;
+
+    #[test]
+    fn a_url_list_is_split_on_commas() {
+        let urls: Vec<_> = node_urls("amqp://a:5672/%2f, amqp://b:5672/%2f,,").collect();
+        assert_eq!(urls, ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]);
+        assert_eq!(node_urls("amqp://only").count(), 1);
+    }
 }

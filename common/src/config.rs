@@ -308,7 +308,9 @@ impl SecretUrl {
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&redact_password(&self.0))
+        // A comma-separated list of URLs (a cluster's nodes) is masked URL by URL.
+        let masked: Vec<String> = self.0.split(',').map(redact_password).collect();
+        f.write_str(&masked.join(","))
     }
 }
 
@@ -397,6 +399,10 @@ mod tests {
         assert_eq!(
             SecretUrl::new("postgres://postgres@127.0.0.1/likes").to_string(),
             "postgres://postgres@127.0.0.1/likes"
+        );
+        assert_eq!(
+            SecretUrl::new("amqp://u:p1@a/%2f,amqp://u:p2@b/%2f").to_string(),
+            "amqp://u:***@a/%2f,amqp://u:***@b/%2f"
         );
     }
 }

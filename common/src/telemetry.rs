@@ -35,6 +35,58 @@ pub enum MetricsError {
     Address(String),
     #[error("cannot start the metrics endpoint: {0}")]
     Exporter(#[from] metrics_exporter_prometheus::BuildError),
+    #[error("cannot read metrics from {addr}: {source}")]
+    Fetch {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics endpoint {addr} answered {status}")]
+    Status { addr: String, status: String },
+}
+
+/// GET `http://<addr>/metrics`: the Prometheus text of a running binary.
+/// Used by health checks and tests; plain HTTP/1.0, as the exporter serves.
+pub async fn fetch_metrics(addr: &str) -> Result<String, MetricsError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = |source| MetricsError::Fetch {
+        addr: addr.to_owned(),
+        source,
+    };
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(fetch)?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .map_err(fetch)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(fetch)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        return Err(MetricsError::Status {
+            addr: addr.to_owned(),
+            status: status.to_owned(),
+        });
+    }
+    Ok(body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as exposed, or
+/// `None` for a metric without labels) in a Prometheus text body.
+pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
+    let key = match labels {
+        Some(labels) => format!("{name}{{{labels}}}"),
+        None => name.to_owned(),
+    };
+    body.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            line.strip_prefix(key.as_str())?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
 }
 
 /// Serves Prometheus metrics at `http://<listen>/metrics` from the process's

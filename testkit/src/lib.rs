@@ -179,37 +179,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// GET `http://addr/metrics`, the Prometheus text format.
 pub async fn scrape(addr: &str) -> anyhow::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("no HTTP body from {addr}"))?;
-    anyhow::ensure!(head.contains(" 200 "), "metrics answered {head}");
-    Ok(body.to_owned())
+    Ok(likes_common::telemetry::fetch_metrics(addr).await?)
 }
 
-/// The value of the sample `name{labels}` (labels exactly as exposed, or
-/// `None` for a metric without labels) in a Prometheus text body.
-pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
-    let key = match labels {
-        Some(labels) => format!("{name}{{{labels}}}"),
-        None => name.to_owned(),
-    };
-    body.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            line.strip_prefix(key.as_str())?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-}
+pub use likes_common::telemetry::sample;
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>

@@ -148,6 +148,26 @@ impl Worker {
     }
 }
 
+/// `likes-worker --health-check`: reads the worker's own metrics endpoint
+/// and succeeds while it is connected to RabbitMQ. Needs
+/// `worker.metrics_listen`; an unspecified address means this host.
+pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
+    let listen = &settings.worker.metrics_listen;
+    anyhow::ensure!(
+        !listen.is_empty(),
+        "the health check needs worker.metrics_listen"
+    );
+    let mut addr: std::net::SocketAddr = listen.parse().context("worker.metrics_listen")?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let body = likes_common::telemetry::fetch_metrics(&addr.to_string()).await?;
+    let connected =
+        likes_common::telemetry::sample(&body, "likes_amqp_connected", Some("role=\"worker\""));
+    anyhow::ensure!(connected == Some(1.0), "not connected to RabbitMQ");
+    Ok(())
+}
+
 /// Publishes the event queue's depth as `likes_queue_depth` every two
 /// seconds, on a channel of its own, until `stop` is cancelled.
 async fn report_queue_depth(channel: lapin::Channel, queue: String, stop: CancellationToken) {

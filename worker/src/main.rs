@@ -8,6 +8,9 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading settings")?;
+    if std::env::args().any(|arg| arg == "--health-check") {
+        return likes_worker::health_check(&settings).await;
+    }
     telemetry::init(settings.log.format, "info");
     telemetry::serve_metrics(&settings.worker.metrics_listen)?;
     tracing::debug!(?settings, "settings loaded");

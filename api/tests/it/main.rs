@@ -178,6 +178,18 @@ async fn both_binaries_serve_prometheus_metrics_that_match_what_was_sent() -> an
     assert!(body.contains("likes_batch_size_bucket"), "{body}");
     assert!(body.contains("likes_batch_flush_seconds_bucket"), "{body}");
 
+    // The binaries' own health checks, as a container runtime runs them.
+    for binary in [Path::new(API), worker_binary.as_path()] {
+        let status = likes_testkit::process::command(binary, &env.settings)
+            .arg("--health-check")
+            .status()?;
+        assert!(
+            status.success(),
+            "{} --health-check failed",
+            binary.display()
+        );
+    }
+
     let body = scrape(api_metrics).await?;
     let ok = sample(
         &body,

@@ -267,3 +267,51 @@ async fn while_the_broker_is_unreachable_like_fails_fast_and_health_is_not_servi
     like(&api, "after", None).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_a_broker_node_is_lost_api_and_worker_move_to_the_next_one() -> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    env.settings.api.confirm_timeout_ms = 1_000;
+    // Two "nodes": two proxies to the one local broker.
+    let first = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    let second = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    env.settings.amqp.url = SecretUrl::new(format!(
+        "amqp://guest:guest@{}/%2f,amqp://guest:guest@{}/%2f",
+        first.addr(),
+        second.addr()
+    ));
+    let api = env.spawn_api().await?;
+    let _worker = env.spawn_worker().await?;
+    let clients = vec![api.client.clone()];
+    let before = like_all(
+        &clients,
+        pairs("node-a", 200, 3),
+        8,
+        Duration::from_secs(10),
+    )
+    .await?;
+
+    first.cut();
+    let after = like_all(
+        &clients,
+        pairs("node-b", 200, 3),
+        8,
+        Duration::from_secs(30),
+    )
+    .await?;
+    let mut acknowledged = before.acknowledged;
+    acknowledged.extend(after.acknowledged);
+    let pool = env.pool().await?;
+    eventually(
+        Duration::from_secs(30),
+        "every like to be written",
+        || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((likes_testkit::verify::stored_pairs(&mut conn).await? >= 400).then_some(()))
+        },
+    )
+    .await?;
+    let mut db = env.db().await?;
+    check_exactly(&mut db, &acknowledged).await?;
+    Ok(())
+}

@@ -270,3 +270,28 @@ pub async fn wait_for_count(
     )
     .await
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn likes_flow_through_classic_and_quorum_queues_alike() -> anyhow::Result<()> {
+    use likes_common::config::QueueType;
+    for queue_type in [QueueType::Classic, QueueType::Quorum] {
+        let mut env = TestEnv::new();
+        env.settings.amqp.queue_type = queue_type;
+        let api = env.spawn_api().await?;
+        let _worker = env.spawn_worker().await?;
+        let outcome = likes_testkit::load::like_all(
+            std::slice::from_ref(&api.client),
+            likes_testkit::load::pairs(queue_type.as_str(), 500, 4),
+            16,
+            Duration::from_secs(10),
+        )
+        .await?;
+        wait_for_count(&api, "post-0", 125).await?;
+        for post in ["post-1", "post-2", "post-3"] {
+            wait_for_count(&api, post, 125).await?;
+        }
+        let mut db = env.db().await?;
+        likes_testkit::load::check_exactly(&mut db, &outcome.acknowledged).await?;
+    }
+    Ok(())
+}

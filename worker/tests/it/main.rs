@@ -197,3 +197,69 @@ async fn likes_dlq_lists_inspects_and_replays_dead_letters() -> anyhow::Result<(
     assert_eq!(worker.stats.dead_lettered(), 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_workers_and_two_apis_share_thirty_thousand_likes_exactly() -> anyhow::Result<()> {
+    use likes_testkit::{free_port, sample, scrape};
+    const LIKES: usize = 30_000;
+    let mut env = TestEnv::new();
+    env.settings.worker.batch_size = 250;
+    let first_api = env.spawn_api().await?;
+    let second_api = env.spawn_api().await?;
+    env.db().await?;
+    let mut metrics = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..3 {
+        let mut settings = env.settings.clone();
+        settings.worker.metrics_listen = format!("127.0.0.1:{}", free_port()?);
+        metrics.push(settings.worker.metrics_listen.clone());
+        workers.push(ServiceProcess::spawn(Path::new(WORKER), &settings)?);
+    }
+    // Overlapping posts with one hot post: half of all likes go to post-hot,
+    // the rest over 50 posts, through both apis.
+    let pairs: Vec<(String, String)> = (0..LIKES)
+        .map(|i| {
+            let post = if i % 2 == 0 {
+                "post-hot".to_owned()
+            } else {
+                format!("post-{}", i % 50)
+            };
+            (post, format!("user-{i}"))
+        })
+        .collect();
+    let clients = vec![
+        first_api.client.clone(),
+        second_api.client.clone(),
+        first_api.new_client().await?,
+        second_api.new_client().await?,
+    ];
+    let outcome = like_all(&clients, pairs, 64, Duration::from_secs(60)).await?;
+    assert_eq!(outcome.acknowledged.len(), LIKES);
+
+    let pool = env.pool().await?;
+    eventually(
+        Duration::from_secs(120),
+        "all likes to be written",
+        || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((verify::stored_pairs(&mut conn).await? >= LIKES as i64).then_some(()))
+        },
+    )
+    .await?;
+    let mut db = env.db().await?;
+    check_exactly(&mut db, &outcome.acknowledged).await?;
+    for addr in &metrics {
+        let body = scrape(addr).await?;
+        let batches = sample(&body, "likes_batches_total", None).unwrap_or(0.0);
+        assert!(batches >= 1.0, "worker at {addr} wrote no batch");
+        let retries = sample(&body, "likes_write_retries_total", None).unwrap_or(0.0);
+        assert_eq!(
+            sample(&body, "likes_dead_lettered_total", None),
+            None,
+            "nothing dead-lettered"
+        );
+        tracing::info!(%addr, batches, retries, "worker share");
+    }
+    drop(workers);
+    Ok(())
+}
