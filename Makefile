@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint services tools check-compose loadtest
+.PHONY: run test up down fmt lint services tools check-compose loadtest bench
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -40,3 +40,8 @@ tools:
 
 check-compose:
 	@scripts/check-compose.sh
+	@python3 scripts/check_dashboard.py
+
+## The performance bar of BENCHMARKS.md, with the ceiling, in one run (~8 min).
+bench: services
+	@scripts/bench.sh
