@@ -12,7 +12,9 @@ use crate::{
     schema::{like_counts, likes},
 };
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryableByName,
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult,
+    pg::Pg,
+    query_builder::{AstPass, Query, QueryFragment, QueryId},
     sql_types::{Array, BigInt, Bool, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -27,10 +29,16 @@ use std::collections::HashMap;
 /// `last_delta` is computed from the stored row (`l`) inside ON CONFLICT,
 /// which PostgreSQL evaluates on the latest committed version under a row
 /// lock, so the counter stays exact when workers race on the same pair.
-const WRITE_BATCH_SQL: &str = r#"
-WITH input AS (
-    SELECT *
-    FROM unnest($1::text[], $2::text[], $3::bool[], $4::int8[], $5::uuid[])
+const WRITE_BATCH_HEAD: &str = "WITH input AS (SELECT * FROM unnest(";
+// Between the five array parameters, which the query builder numbers $1..$5.
+const WRITE_BATCH_CASTS: [&str; 5] = [
+    "::text[], ",
+    "::text[], ",
+    "::bool[], ",
+    "::int8[], ",
+    "::uuid[]",
+];
+const WRITE_BATCH_TAIL: &str = r#")
         AS t(post_id, user_id, liked, event_at_micros, event_id)
 ),
 changed AS (
@@ -59,12 +67,43 @@ SELECT (SELECT count(*) FROM changed) AS rows_changed,
        (SELECT count(*) FROM counted) AS counters_changed
 "#;
 
-#[derive(QueryableByName)]
-struct BatchRow {
-    #[diesel(sql_type = BigInt)]
-    rows_changed: i64,
-    #[diesel(sql_type = BigInt)]
-    counters_changed: i64,
+/// The batch statement as a query type of its own rather than `sql_query`:
+/// diesel never caches `sql_query` statements, so each batch would cost a
+/// Parse round trip (and an extra implicit transaction) before its Execute.
+/// With a static query id the statement is prepared once per connection.
+struct WriteBatch<'a> {
+    post_ids: Vec<&'a str>,
+    user_ids: Vec<&'a str>,
+    liked: Vec<bool>,
+    at: Vec<i64>,
+    event_ids: Vec<uuid::Uuid>,
+}
+
+impl QueryId for WriteBatch<'_> {
+    type QueryId = WriteBatch<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for WriteBatch<'_> {
+    type SqlType = (BigInt, BigInt);
+}
+
+impl QueryFragment<Pg> for WriteBatch<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(WRITE_BATCH_HEAD);
+        out.push_bind_param::<Array<Text>, _>(&self.post_ids)?;
+        out.push_sql(WRITE_BATCH_CASTS[0]);
+        out.push_bind_param::<Array<Text>, _>(&self.user_ids)?;
+        out.push_sql(WRITE_BATCH_CASTS[1]);
+        out.push_bind_param::<Array<Bool>, _>(&self.liked)?;
+        out.push_sql(WRITE_BATCH_CASTS[2]);
+        out.push_bind_param::<Array<BigInt>, _>(&self.at)?;
+        out.push_sql(WRITE_BATCH_CASTS[3]);
+        out.push_bind_param::<Array<SqlUuid>, _>(&self.event_ids)?;
+        out.push_sql(WRITE_BATCH_CASTS[4]);
+        out.push_sql(WRITE_BATCH_TAIL);
+        Ok(())
+    }
 }
 
 /// Applies a batch of likes and unlikes in one statement.
@@ -83,30 +122,25 @@ pub async fn write_batch(
     if latest.is_empty() {
         return Ok(WriteOutcome::default());
     }
-    let mut post_ids = Vec::with_capacity(latest.len());
-    let mut user_ids = Vec::with_capacity(latest.len());
-    let mut liked = Vec::with_capacity(latest.len());
-    let mut at = Vec::with_capacity(latest.len());
-    let mut event_ids = Vec::with_capacity(latest.len());
+    let mut query = WriteBatch {
+        post_ids: Vec::with_capacity(latest.len()),
+        user_ids: Vec::with_capacity(latest.len()),
+        liked: Vec::with_capacity(latest.len()),
+        at: Vec::with_capacity(latest.len()),
+        event_ids: Vec::with_capacity(latest.len()),
+    };
     for change in &latest {
-        post_ids.push(change.post_id.as_str());
-        user_ids.push(change.user_id.as_str());
-        liked.push(change.action == Action::Like);
-        at.push(change.occurred_at_micros);
-        event_ids.push(change.event_id);
+        query.post_ids.push(change.post_id.as_str());
+        query.user_ids.push(change.user_id.as_str());
+        query.liked.push(change.action == Action::Like);
+        query.at.push(change.occurred_at_micros);
+        query.event_ids.push(change.event_id);
     }
-    let row = diesel::sql_query(WRITE_BATCH_SQL)
-        .bind::<Array<Text>, _>(post_ids)
-        .bind::<Array<Text>, _>(user_ids)
-        .bind::<Array<Bool>, _>(liked)
-        .bind::<Array<BigInt>, _>(at)
-        .bind::<Array<SqlUuid>, _>(event_ids)
-        .get_result::<BatchRow>(conn)
-        .await?;
+    let (rows_changed, counters_changed) = query.get_result::<(i64, i64)>(conn).await?;
     Ok(WriteOutcome {
         pairs: latest.len(),
-        rows_changed: row.rows_changed,
-        counters_changed: row.counters_changed,
+        rows_changed,
+        counters_changed,
     })
 }
 
