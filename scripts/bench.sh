@@ -42,10 +42,23 @@ target/release/likes-api & api=$!
 stop() { kill -TERM "$api" "$worker" 2>/dev/null || true; wait "$api" "$worker" 2>/dev/null || true; reset; }
 trap stop EXIT
 for _ in $(seq 100); do target/release/likes-api --health-check 2>/dev/null && break; sleep 0.2; done
+# CPU seconds (user + system) a process has used, for the cost per like.
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+broker=$(pgrep -o beam.smp || echo "")
+before="$(cpu $api) $(cpu $worker) ${broker:+$(cpu $broker)}"
 $lt --target 127.0.0.1:50151 --database-url "$LIKES__DATABASE__URL" --queue $queue \
   --likes 200000 --concurrency 1000 --json > "$out/processes.json"
+after="$(cpu $api) $(cpu $worker) ${broker:+$(cpu $broker)}"
 hwm() { awk '/VmHWM/{print $2}' "/proc/$1/status"; }
 echo "{\"api_peak_rss_kib\": $(hwm $api), \"worker_peak_rss_kib\": $(hwm $worker)}" > "$out/memory.json"
+python3 - "$before" "$after" > "$out/cpu.json" <<'PY'
+import json, sys
+b, a = ([float(x) for x in s.split()] for s in sys.argv[1:3])
+names = ["api", "worker", "broker"][: len(a)]
+print(json.dumps({f"{n}_cpu_s": round(y - x, 2) for n, x, y in zip(names, b, a)}))
+PY
+curl_metrics() { python3 -c "import urllib.request,sys; print(urllib.request.urlopen('http://$1/metrics').read().decode())"; }
+curl_metrics "$LIKES__WORKER__METRICS_LISTEN" > "$out/worker-metrics.txt"
 hot=$(psql -h 127.0.0.1 -U postgres -d $db -tAc "SELECT post_id FROM like_counts ORDER BY count DESC LIMIT 1")
 cold=$(psql -h 127.0.0.1 -U postgres -d $db -tAc "SELECT post_id FROM like_counts ORDER BY count ASC LIMIT 1")
 target/release/likes-readbench --target 127.0.0.1:50151 --calls 2000 --post "$hot" --post "$cold" > "$out/reads.txt"

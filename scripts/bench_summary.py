@@ -16,6 +16,9 @@ processes = load("processes.json")["pipeline"]
 memory = load("memory.json")
 reads = [dict(kv.split("=") for kv in line.split()) for line in (out / "reads.txt").read_text().splitlines()]
 
+cpu = load("cpu.json")
+worker_metrics = (out / "worker-metrics.txt").read_text()
+metric = lambda name: float(next(l.split()[-1] for l in worker_metrics.splitlines() if l.startswith(name + " ")))
 ms = lambda us: f"{us / 1000:.1f} ms"
 rate = default["persisted_per_s"]
 pipe, direct = baseline["pipeline"], baseline["baseline"]
@@ -33,3 +36,16 @@ print(f"""| # | What | Measured | Bar | |
 print(f"verification: default {default['verification']['missing'] + default['verification']['wrong_state'] == 0 and 'passed'}, "
       f"million {million['verification']['missing'] + million['verification']['wrong_state'] == 0 and 'passed'}, "
       f"processes {processes['verification']['missing'] + processes['verification']['wrong_state'] == 0 and 'passed'}")
+
+likes = processes["acknowledged"]
+flush_s = metric("likes_batch_flush_seconds_sum")
+print(f"""
+Cost per like, api and worker as processes ({likes:,} likes, 1000 callers, batch 5000):
+
+| process | CPU µs per like | likes/s per core at that cost |
+|---|---|---|""")
+for name in ("api", "worker", "broker"):
+    if f"{name}_cpu_s" in cpu:
+        us = cpu[f"{name}_cpu_s"] / likes * 1e6
+        print(f"| {name} | {us:.0f} | {1e6 / us:,.0f} |")
+print(f"| worker busy writing | {flush_s / likes * 1e6:.0f} µs of flush time per like | {likes / flush_s:,.0f} likes/s while flushing |")

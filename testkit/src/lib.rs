@@ -91,6 +91,22 @@ impl TestEnv {
         Ok(likes_db::connect(&self.settings.database).await?)
     }
 
+    /// Waits until at least `pairs` (post, user) pairs are stored: the
+    /// usual end of a load before checking it.
+    pub async fn wait_for_stored_pairs(
+        &self,
+        pairs: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let pool = self.pool().await?;
+        let want = i64::try_from(pairs)?;
+        eventually(timeout, &format!("{pairs} pairs to be stored"), || async {
+            let mut conn = likes_db::checkout(&pool).await?;
+            Ok((verify::stored_pairs(&mut conn).await? >= want).then_some(()))
+        })
+        .await
+    }
+
     /// A channel with this env's queues declared and confirms on.
     pub async fn amqp(&self) -> anyhow::Result<(Connection, Channel)> {
         let connection = amqp::connect(&self.settings.amqp, "likes-test").await?;

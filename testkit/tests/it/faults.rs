@@ -125,16 +125,8 @@ async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing(
 
     let mut acknowledged = first.acknowledged;
     acknowledged.extend(during.acknowledged);
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(60),
-        "the backlog to be written",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((likes_testkit::verify::stored_pairs(&mut conn).await? >= 2_000).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_stored_pairs(2_000, Duration::from_secs(60))
+        .await?;
     let mut db = env.db().await?;
     check_exactly(&mut db, &acknowledged).await?;
     assert_eq!(
@@ -301,16 +293,8 @@ async fn when_a_broker_node_is_lost_api_and_worker_move_to_the_next_one() -> any
     .await?;
     let mut acknowledged = before.acknowledged;
     acknowledged.extend(after.acknowledged);
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(30),
-        "every like to be written",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((likes_testkit::verify::stored_pairs(&mut conn).await? >= 400).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_stored_pairs(400, Duration::from_secs(30))
+        .await?;
     let mut db = env.db().await?;
     check_exactly(&mut db, &acknowledged).await?;
     Ok(())

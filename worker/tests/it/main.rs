@@ -236,16 +236,8 @@ async fn three_workers_and_two_apis_share_thirty_thousand_likes_exactly() -> any
     let outcome = like_all(&clients, pairs, 64, Duration::from_secs(60)).await?;
     assert_eq!(outcome.acknowledged.len(), LIKES);
 
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(120),
-        "all likes to be written",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((verify::stored_pairs(&mut conn).await? >= LIKES as i64).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_stored_pairs(LIKES, Duration::from_secs(120))
+        .await?;
     let mut db = env.db().await?;
     check_exactly(&mut db, &outcome.acknowledged).await?;
     for addr in &metrics {
