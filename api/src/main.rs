@@ -1,6 +1,5 @@
 //! `likes-api`: loads settings, starts telemetry, serves until SIGINT/SIGTERM.
 
-
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
 /// the CPU in profiles of `make loadtest`.

@@ -2,7 +2,6 @@
 //! report. Exit status: 0 when verification passed, 1 when it found a
 //! difference, 2 when the test could not run, 130 when interrupted.
 
-
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
 /// the CPU in profiles of `make loadtest`.

@@ -1,7 +1,6 @@
 //! `likes-worker`: loads settings, starts telemetry, consumes until
 //! SIGINT/SIGTERM, then flushes its batch and exits 0.
 
-
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
 /// the CPU in profiles of `make loadtest`.
