@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint services tools check-compose loadtest bench
+.PHONY: run test up down fmt lint services tools check-compose loadtest bench bench-batch
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -16,6 +16,12 @@ test: services tools check-compose
 ## queues), e.g. make loadtest ARGS="--likes 100000 --baseline direct".
 loadtest: services
 	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
+
+## Batch size sweep: fixed sizes 10..5000 and the adaptive mode on a hot-post
+## and a spread workload, as a markdown table (a few minutes; BENCH_LIKES
+## requests per point, default 30000; see scripts/bench-batch.sh).
+bench-batch: services
+	@scripts/bench-batch.sh
 
 ## Start / stop RabbitMQ and PostgreSQL with docker compose.
 up:

@@ -28,7 +28,11 @@ pub use report::Report;
 
 use anyhow::Context;
 use driver::{Live, LoadOutcome, Sink};
-use likes_common::{Settings, config::SecretUrl};
+use hdrhistogram::Histogram;
+use likes_common::{
+    Settings,
+    config::{SecretUrl, WorkerSettings},
+};
 use likes_testkit::TestEnv;
 use likes_worker::stats::WorkerStats;
 use monitor::{Monitor, Persisted, Sample};
@@ -81,6 +85,7 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
         None => None,
     };
     let comparison = baseline.as_ref().map(|b| Comparison::of(&pipeline, b));
+    let worker_settings = worker_settings.as_ref();
     Ok(Report {
         scenario: Scenario {
             target: options
@@ -96,13 +101,18 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
             duplicate_fraction: options.duplicate_fraction,
             unlike_fraction: options.unlike_fraction,
             rate: options.rate,
-            batch_size: worker_settings.map(|(size, _)| size),
-            batch_max_wait_ms: worker_settings.map(|(_, wait)| wait),
+            batch_size: worker_settings.map(|w| w.batch_size),
+            batch_max_wait_ms: worker_settings.map(|w| w.batch_max_wait_ms),
+            batch_mode: worker_settings.map(|w| w.batch_mode),
+            batch_min_size: worker_settings.map(|w| w.batch_min_size),
+            flush_budget_ms: worker_settings.map(|w| w.flush_budget_ms),
             seed,
         },
         pipeline,
         baseline,
         comparison,
+        // Read last: the peak of the whole run.
+        process_peak_rss_mib: peak_rss_mib(),
     })
 }
 
@@ -122,7 +132,7 @@ enum PersistedSource {
     Acknowledged,
 }
 
-type WorkerSettingsUsed = Option<(usize, u64)>;
+type WorkerSettingsUsed = Option<WorkerSettings>;
 
 /// The api and a worker in-process, on a fresh database and fresh queues.
 async fn in_process(
@@ -136,6 +146,15 @@ async fn in_process(
     }
     if let Some(wait) = options.batch_max_wait_ms {
         env.settings.worker.batch_max_wait_ms = wait;
+    }
+    if let Some(mode) = options.batch_mode {
+        env.settings.worker.batch_mode = mode;
+    }
+    if let Some(min) = options.batch_min_size {
+        env.settings.worker.batch_min_size = min;
+    }
+    if let Some(budget) = options.flush_budget_ms {
+        env.settings.worker.flush_budget_ms = budget;
     }
     env.settings.validate()?;
     let api = env.spawn_api().await.context("starting the api")?;
@@ -155,12 +174,8 @@ async fn in_process(
     if let Err(error) = worker.stop().await {
         tracing::warn!(%error, "the worker did not stop cleanly");
     }
-    let worker_settings = Some((
-        env.settings.worker.batch_size,
-        env.settings.worker.batch_max_wait_ms,
-    ));
     let (report, samples) = measured?;
-    Ok((report, samples, worker_settings))
+    Ok((report, samples, Some(env.settings.worker.clone())))
 }
 
 /// A running api at `target`; its database and queue from the options, else
@@ -216,13 +231,14 @@ async fn direct(
     Ok(report)
 }
 
-/// Counter values of an in-process worker.
-#[derive(Debug, Clone, Copy, Default)]
+/// Counter values of an in-process worker, and its flush times so far.
+#[derive(Debug, Clone)]
 struct WorkerCounts {
     batches: u64,
     events: u64,
     dead_lettered: u64,
     requeued_batches: u64,
+    flush_micros: Histogram<u64>,
 }
 
 impl WorkerCounts {
@@ -232,8 +248,26 @@ impl WorkerCounts {
             events: stats.events(),
             dead_lettered: stats.dead_lettered(),
             requeued_batches: stats.requeued_batches(),
+            flush_micros: stats.flush_micros(),
         }
     }
+}
+
+/// Peak resident set size of this process so far (`VmHWM` in
+/// `/proc/self/status`), in MiB; `None` where there is no procfs. In-process
+/// it covers the load generator, the api and the worker together: an upper
+/// bound on the worker's own memory.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Sends the workload to `system`, waits for persistence, verifies, reports.
@@ -297,7 +331,9 @@ async fn measure(
         .into_inner()
         .expect("the ledger lock is never held across a panic");
     let deadline = load.finished + options.drain_timeout();
-    let events_wanted = worker_before.map(|before| before.events + load.acknowledged);
+    let events_wanted = worker_before
+        .as_ref()
+        .map(|before| before.events + load.acknowledged);
     let (persisted_at, verification) = settle(
         &mut probe,
         &ledger,
@@ -320,6 +356,13 @@ async fn measure(
             let after = WorkerCounts::of(stats);
             let batches = after.batches - before.batches;
             let events = after.events - before.events;
+            // Only this run's flushes. The histogram only ever grows, so
+            // this cannot fail; if it did, the worker's whole history is
+            // still a fair, wider picture.
+            let mut flushes = after.flush_micros.clone();
+            if flushes.subtract(&before.flush_micros).is_err() {
+                flushes.clone_from(&after.flush_micros);
+            }
             WorkerSummary {
                 batches,
                 events,
@@ -327,6 +370,8 @@ async fn measure(
                 batches_per_like: ratio(batches, load.acknowledged),
                 dead_lettered: after.dead_lettered - before.dead_lettered,
                 requeued_batches: after.requeued_batches - before.requeued_batches,
+                flush_latency_us: Latency::of(&flushes),
+                final_batch_target: stats.batch_target(),
             }
         });
     let report = system_report(

@@ -1,6 +1,7 @@
 //! Command-line options of the load generator.
 
 use clap::{Parser, ValueEnum};
+use likes_common::config::BatchMode;
 use std::{path::PathBuf, time::Duration};
 
 /// Drives the likes api with a celebrity-post workload, reports throughput,
@@ -60,9 +61,25 @@ pub struct Options {
     #[arg(long, value_enum, value_name = "MODE")]
     pub baseline: Option<Baseline>,
 
-    /// Events per batch of the in-process worker (worker.batch_size).
+    /// Events per batch of the in-process worker (worker.batch_size); with
+    /// --batch-mode adaptive, the largest batch.
     #[arg(long, conflicts_with = "target")]
     pub batch_size: Option<usize>,
+
+    /// Batch sizing of the in-process worker (worker.batch_mode): fixed or
+    /// adaptive.
+    #[arg(long, value_name = "MODE", value_parser = batch_mode, conflicts_with = "target")]
+    pub batch_mode: Option<BatchMode>,
+
+    /// Smallest target of the adaptive in-process worker
+    /// (worker.batch_min_size).
+    #[arg(long, value_name = "N", conflicts_with = "target")]
+    pub batch_min_size: Option<usize>,
+
+    /// Flush latency the adaptive in-process worker stays under
+    /// (worker.flush_budget_ms).
+    #[arg(long, value_name = "MS", conflicts_with = "target")]
+    pub flush_budget_ms: Option<u64>,
 
     /// Longest wait of a batch's oldest event in the in-process worker
     /// (worker.batch_max_wait_ms).
@@ -134,6 +151,14 @@ fn fraction(raw: &str) -> Result<f64, String> {
     }
 }
 
+fn batch_mode(raw: &str) -> Result<BatchMode, String> {
+    match raw {
+        "fixed" => Ok(BatchMode::Fixed),
+        "adaptive" => Ok(BatchMode::Adaptive),
+        other => Err(format!("{other:?} is neither fixed nor adaptive")),
+    }
+}
+
 fn positive_rate(raw: &str) -> Result<f64, String> {
     let value: f64 = raw.parse().map_err(|e| format!("{e}"))?;
     if value.is_finite() && value > 0.0 {
@@ -179,5 +204,19 @@ mod tests {
         assert!(Options::try_parse_from(["x", "--likes", "5", "--duration", "3"]).is_err());
         assert!(Options::try_parse_from(["x", "--database-url", "postgres://h/d"]).is_err());
         assert!(Options::try_parse_from(["x", "--target", "h:1", "--batch-size", "9"]).is_err());
+        assert!(
+            Options::try_parse_from(["x", "--target", "h:1", "--batch-mode", "adaptive"]).is_err()
+        );
+    }
+
+    #[test]
+    fn batch_mode_takes_fixed_or_adaptive() {
+        let options =
+            Options::parse_from(["x", "--batch-mode", "adaptive", "--batch-size", "5000"]);
+        assert_eq!(options.batch_mode, Some(BatchMode::Adaptive));
+        assert_eq!(options.batch_size, Some(5000));
+        let options = Options::parse_from(["x", "--batch-mode", "fixed"]);
+        assert_eq!(options.batch_mode, Some(BatchMode::Fixed));
+        assert!(Options::try_parse_from(["x", "--batch-mode", "auto"]).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::{scenario::KindCounts, verify::Verification};
 use hdrhistogram::Histogram;
+use likes_common::config::BatchMode;
 use serde::Serialize;
 use std::{collections::BTreeMap, fmt};
 
@@ -13,6 +14,11 @@ pub struct Report {
     pub pipeline: SystemReport,
     pub baseline: Option<SystemReport>,
     pub comparison: Option<Comparison>,
+    /// Peak resident memory of the load test process at the end of the run
+    /// (`VmHWM`). In-process it holds the load generator, the api and the
+    /// worker (and the baseline's pool, if any): an upper bound on the
+    /// worker's own memory. `None` without procfs.
+    pub process_peak_rss_mib: Option<f64>,
 }
 
 impl Report {
@@ -40,8 +46,12 @@ pub struct Scenario {
     pub duplicate_fraction: f64,
     pub unlike_fraction: f64,
     pub rate: Option<f64>,
+    /// In adaptive mode, the largest batch.
     pub batch_size: Option<usize>,
     pub batch_max_wait_ms: Option<u64>,
+    pub batch_mode: Option<BatchMode>,
+    pub batch_min_size: Option<usize>,
+    pub flush_budget_ms: Option<u64>,
     pub seed: u64,
 }
 
@@ -136,6 +146,12 @@ pub struct WorkerSummary {
     pub batches_per_like: f64,
     pub dead_lettered: u64,
     pub requeued_batches: u64,
+    /// Batch close to ack, of the batches acked during the run; `None`
+    /// when there were none.
+    pub flush_latency_us: Option<Latency>,
+    /// What the next batch aimed at when the run ended (the fixed size, or
+    /// where the adaptive target got to).
+    pub final_batch_target: u64,
 }
 
 /// The pipeline relative to the direct baseline.
@@ -198,8 +214,17 @@ impl fmt::Display for Report {
             s.unlike_fraction * 100.0,
             s.seed
         )?;
-        if let (Some(size), Some(wait)) = (s.batch_size, s.batch_max_wait_ms) {
-            writeln!(f, "worker: batch size {size}, max wait {wait} ms")?;
+        match (s.batch_mode, s.batch_size, s.batch_max_wait_ms) {
+            (Some(BatchMode::Adaptive), Some(max), Some(wait)) => writeln!(
+                f,
+                "worker: adaptive batch size {}..{max} (flush budget {} ms), max wait {wait} ms",
+                s.batch_min_size.unwrap_or(1),
+                s.flush_budget_ms.unwrap_or_default()
+            )?,
+            (_, Some(size), Some(wait)) => {
+                writeln!(f, "worker: batch size {size}, max wait {wait} ms")?;
+            }
+            _ => {}
         }
         writeln!(f)?;
 
@@ -262,11 +287,31 @@ impl fmt::Display for Report {
             r.worker
                 .map_or_else(|| "-".to_owned(), |w| format!("{:.4}", w.batches_per_like))
         });
+        table.row("final batch target", |r| {
+            r.worker
+                .map_or_else(|| "-".to_owned(), |w| w.final_batch_target.to_string())
+        });
+        table.row("flush latency p50", |r| {
+            r.worker
+                .and_then(|w| w.flush_latency_us)
+                .map_or_else(|| "-".to_owned(), |l| ms(l.p50))
+        });
+        table.row("flush latency p99", |r| {
+            r.worker
+                .and_then(|w| w.flush_latency_us)
+                .map_or_else(|| "-".to_owned(), |l| ms(l.p99))
+        });
         table.row("dead-lettered", |r| {
             r.worker
                 .map_or_else(|| "-".to_owned(), |w| w.dead_lettered.to_string())
         });
         write!(f, "{table}")?;
+        if let Some(rss) = self.process_peak_rss_mib {
+            writeln!(
+                f,
+                "peak RSS of this process: {rss:.0} MiB (load generator, api and worker together)"
+            )?;
+        }
 
         if let Some(c) = &self.comparison {
             writeln!(f)?;

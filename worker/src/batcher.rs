@@ -1,5 +1,6 @@
-//! Collects deliveries into batches: a batch ends when it is full, when its
-//! oldest item has waited `max_wait`, or when shutdown is requested.
+//! Collects deliveries into batches: a batch ends when it is full (holds the
+//! target size it was called with), when its oldest item has waited
+//! `max_wait`, or when shutdown is requested.
 //!
 //! The clock starts at the first item, not at the call: an idle queue costs
 //! nothing, a lone like is written about `max_wait` after it arrived, and a
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// Why a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchEnd {
-    /// It holds `max_size` items.
+    /// It holds `size` items.
     Full,
     /// Its first item has waited `max_wait`.
     Waited,
@@ -31,17 +32,18 @@ pub struct Batch<T> {
     pub end: BatchEnd,
 }
 
-/// Waits for the next batch from `stream`.
+/// Waits for the next batch of `size` items (the current target) from
+/// `stream`.
 pub async fn next_batch<S>(
     stream: &mut S,
-    max_size: usize,
+    size: usize,
     max_wait: Duration,
     shutdown: &CancellationToken,
 ) -> Batch<S::Item>
 where
     S: Stream + Unpin,
 {
-    let mut items = Vec::with_capacity(max_size);
+    let mut items = Vec::with_capacity(size);
     let first = tokio::select! {
         biased;
         () = shutdown.cancelled() => return Batch { items, end: BatchEnd::Shutdown },
@@ -55,7 +57,7 @@ where
     };
     items.push(first);
     let deadline = Instant::now() + max_wait;
-    while items.len() < max_size {
+    while items.len() < size {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Batch { items, end: BatchEnd::Shutdown },

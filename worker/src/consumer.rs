@@ -4,8 +4,15 @@
 //! next batch streams in while one is written) and manual acks. Each batch is
 //! settled before the next is collected, so one `multiple=true` ack on its
 //! highest delivery tag covers exactly the batch.
+//!
+//! Each batch aims at the target of [`BatchSizing`]: `worker.batch_size`, or
+//! in adaptive mode a size tuned after every committed batch. Prefetch stays
+//! sized for `worker.batch_size`, the largest target, so it never cuts a
+//! batch short. The adaptive state lives as long as one broker session: a
+//! reconnect starts again from `worker.batch_min_size`.
 
 use crate::{
+    adaptive::BatchSizing,
     batcher::{BatchEnd, next_batch},
     dead_letters,
     error::WorkerError,
@@ -24,7 +31,7 @@ use lapin::{
 };
 use likes_common::config::{AmqpSettings, Settings};
 use likes_db::LikeChange;
-use std::{ops::Range, sync::Arc};
+use std::{ops::Range, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -62,22 +69,22 @@ pub async fn consume(
         settings: &settings.amqp,
         shutdown,
     };
+    let mut sizing = BatchSizing::from_settings(worker);
+    stats.batch_target_set(sizing.target());
     tracing::info!(
         queue = %settings.amqp.queue,
+        batch.mode = worker.batch_mode.as_str(),
         batch.size = worker.batch_size,
+        batch.min_size = worker.batch_min_size,
         batch.max_wait_ms = worker.batch_max_wait_ms,
+        flush.budget_ms = worker.flush_budget_ms,
         prefetch = worker.effective_prefetch(),
         "consuming"
     );
     let mut broken = None;
     loop {
-        let batch = next_batch(
-            &mut consumer,
-            worker.batch_size,
-            worker.batch_max_wait(),
-            shutdown,
-        )
-        .await;
+        let target = sizing.target();
+        let batch = next_batch(&mut consumer, target, worker.batch_max_wait(), shutdown).await;
         let mut deliveries = Vec::with_capacity(batch.items.len());
         for item in batch.items {
             match item {
@@ -86,8 +93,17 @@ pub async fn consume(
             }
         }
         if !deliveries.is_empty() {
-            let span = info_span!("batch", batch.size = deliveries.len());
-            settler.settle(deliveries).instrument(span).await?;
+            let size = deliveries.len();
+            let span = info_span!("batch", batch.size = size);
+            let settled = settler.settle(deliveries, target).instrument(span).await?;
+            // Only a committed batch measures the database; a requeued one
+            // measured an outage and the retry budget.
+            if let Settled::Acked { flush } = settled {
+                let next = sizing.observe(size, flush, batch.end);
+                if next != target {
+                    stats.batch_target_set(next);
+                }
+            }
         }
         if let Some(error) = broken {
             return Err(error.into());
@@ -109,6 +125,15 @@ pub async fn consume(
     Ok(())
 }
 
+/// How a batch was settled.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    /// Committed (or dead-lettered) and acked, `flush` after it closed.
+    Acked { flush: Duration },
+    /// Handed back to the queue.
+    Requeued,
+}
+
 /// Settles one batch on one channel.
 struct Settler<'a> {
     channel: &'a Channel,
@@ -121,8 +146,12 @@ struct Settler<'a> {
 impl Settler<'_> {
     /// Dead-letters poison, writes the rest (isolating messages the database
     /// refuses), then acks the batch, or requeues it when the database stays
-    /// unavailable.
-    async fn settle(&self, deliveries: Vec<Delivery>) -> Result<(), WorkerError> {
+    /// unavailable. `target` is the size the batch aimed at, for the log.
+    async fn settle(
+        &self,
+        deliveries: Vec<Delivery>,
+        target: usize,
+    ) -> Result<Settled, WorkerError> {
         let started = Instant::now();
         let size = deliveries.len();
         let last_tag = deliveries
@@ -143,16 +172,19 @@ impl Settler<'_> {
                 self.channel
                     .basic_ack(last_tag, BasicAckOptions { multiple: true })
                     .await?;
-                self.stats.batch_acked(size, started.elapsed());
+                let flush = started.elapsed();
+                self.stats.batch_acked(size, flush);
                 tracing::info!(
                     batch.size = size,
+                    batch.target = target,
                     batch.pairs = tally.pairs,
                     batch.statements = tally.statements,
                     rows.changed = tally.rows_changed,
                     counters.changed = tally.counters_changed,
-                    duration_ms = started.elapsed().as_millis() as u64,
+                    duration_ms = flush.as_millis() as u64,
                     "batch written"
                 );
+                Ok(Settled::Acked { flush })
             }
             Err(error) => {
                 tracing::warn!(%error, batch.size = size, "batch failed; requeueing it");
@@ -168,9 +200,9 @@ impl Settler<'_> {
                     )
                     .await?;
                 self.stats.batch_requeued();
+                Ok(Settled::Requeued)
             }
         }
-        Ok(())
     }
 
     /// Writes `items`; when the database refuses a slice for good, splits it

@@ -8,6 +8,7 @@
 //! | `likes_rows_written_total` | counter | `likes` rows inserted or changed |
 //! | `likes_batch_size` | histogram | events per batch |
 //! | `likes_batch_flush_seconds` | histogram | time from a batch's close to its ack |
+//! | `likes_batch_target_size` | gauge | size the next batch aims at (fixed, or the adaptive target) |
 //! | `likes_acks_total` / `likes_nacks_total` | counter | batch acks / batch requeues |
 //! | `likes_dead_lettered_total` | counter | messages sent to the dead-letter queue |
 //! | `likes_write_retries_total` | counter | failed write attempts retried in place |
@@ -16,18 +17,46 @@
 //! | `likes_queue_depth` | gauge | ready messages in the event queue |
 //! | `likes_db_pool_connections{state}` | gauge | pool connections, `idle` or `in_use` |
 
+use hdrhistogram::Histogram;
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
-/// Monotonic counters since the worker started.
-#[derive(Debug, Default)]
+/// Longest flush the histogram tells apart; longer ones count as this.
+const MAX_FLUSH_MICROS: u64 = 3_600_000_000;
+
+/// Counters since the worker started, and the flush times of acked batches.
+#[derive(Debug)]
 pub struct WorkerStats {
     batches: AtomicU64,
     events: AtomicU64,
     dead_lettered: AtomicU64,
     requeued_batches: AtomicU64,
+    batch_target: AtomicU64,
+    /// Microseconds. Two significant digits are plenty for a p99 and keep
+    /// the histogram to a few KiB however long the worker runs, unlike a
+    /// list of every flush.
+    flush_micros: Mutex<Histogram<u64>>,
+}
+
+impl Default for WorkerStats {
+    fn default() -> Self {
+        Self {
+            batches: AtomicU64::default(),
+            events: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            requeued_batches: AtomicU64::default(),
+            batch_target: AtomicU64::default(),
+            flush_micros: Mutex::new(
+                Histogram::new_with_bounds(1, MAX_FLUSH_MICROS, 2)
+                    .expect("constant bounds: 1 <= low, high >= 2 * low, 2 significant digits"),
+            ),
+        }
+    }
 }
 
 impl WorkerStats {
@@ -51,6 +80,25 @@ impl WorkerStats {
         self.requeued_batches.load(Ordering::Relaxed)
     }
 
+    /// The size the next batch aims at (0 before consuming starts).
+    pub fn batch_target(&self) -> u64 {
+        self.batch_target.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the flush times (batch close to ack) of acked batches, in
+    /// microseconds: for whoever holds the worker, e.g. for percentiles.
+    pub fn flush_micros(&self) -> Histogram<u64> {
+        self.flush_micros
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn batch_target_set(&self, target: usize) {
+        self.batch_target.store(target as u64, Ordering::Relaxed);
+        metrics::gauge!("likes_batch_target_size").set(target as f64);
+    }
+
     pub(crate) fn statement_committed(&self, events: usize, rows_changed: i64) {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.events.fetch_add(events as u64, Ordering::Relaxed);
@@ -63,6 +111,11 @@ impl WorkerStats {
         metrics::counter!("likes_acks_total").increment(1);
         metrics::histogram!("likes_batch_size").record(size as f64);
         metrics::histogram!("likes_batch_flush_seconds").record(flush.as_secs_f64());
+        let micros = u64::try_from(flush.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.flush_micros
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .saturating_record(micros);
     }
 
     pub(crate) fn batch_requeued(&self) {

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real api and worker against the real RabbitMQ and
 //! PostgreSQL on localhost, each test with its own database and queues.
 
+mod adaptive;
 mod faults;
 mod grpcurl;
 mod ordering;
