@@ -417,6 +417,7 @@ mod tests {
             ("LIKES__AMQP__QUEUE", "q.events"),
             ("LIKES__AMQP__QUEUE_TYPE", "quorum"),
             ("LIKES__API__LISTEN", "0.0.0.0:6000"),
+            ("LIKES__LOG__FORMAT", "json"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -428,6 +429,7 @@ mod tests {
         assert_eq!(s.amqp.queue, "q.events");
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.api.listen.port(), 6000);
+        assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.amqp.dead_letter_queue, "likes.dead");
     }
 
