@@ -267,13 +267,16 @@ async fn when_a_broker_node_is_lost_api_and_worker_move_to_the_next_one() -> any
     // Two "nodes": two proxies to the one local broker.
     let first = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
     let second = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    env.settings.amqp.url = SecretUrl::new(format!(
+    // Only the services go through the proxies; the env keeps the direct
+    // URL so its cleanup can still delete the queues after the proxies die.
+    let mut settings = env.settings.clone();
+    settings.amqp.url = SecretUrl::new(format!(
         "amqp://guest:guest@{}/%2f,amqp://guest:guest@{}/%2f",
         first.addr(),
         second.addr()
     ));
-    let api = env.spawn_api().await?;
-    let _worker = env.spawn_worker().await?;
+    let api = likes_testkit::RunningApi::spawn_with(&settings).await?;
+    let _worker = env.spawn_worker_with(&settings).await?;
     let clients = vec![api.client.clone()];
     let before = like_all(
         &clients,
