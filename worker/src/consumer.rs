@@ -159,14 +159,19 @@ impl Settler<'_> {
             .map(|d| d.delivery_tag)
             .max()
             .expect("settle is called with at least one delivery");
-        let mut good: Vec<(&Delivery, LikeChange)> = Vec::with_capacity(size);
+        // Parallel vectors, so a slice of changes goes to the writer as it is.
+        let mut decoded: Vec<&Delivery> = Vec::with_capacity(size);
+        let mut changes: Vec<LikeChange> = Vec::with_capacity(size);
         for delivery in &deliveries {
             match decode(&delivery.data) {
-                Ok(change) => good.push((delivery, change)),
+                Ok(change) => {
+                    decoded.push(delivery);
+                    changes.push(change);
+                }
                 Err(reason) => self.dead_letter(delivery, &reason.to_string()).await?,
             }
         }
-        match self.write_isolating(&good).await {
+        match self.write_isolating(&decoded, &changes).await {
             Ok(tally) => {
                 // Every delivery is now committed or dead-lettered.
                 self.channel
@@ -205,33 +210,31 @@ impl Settler<'_> {
         }
     }
 
-    /// Writes `items`; when the database refuses a slice for good, splits it
-    /// in halves until the refused messages stand alone, writes the rest and
-    /// dead-letters those. One statement when all is well.
+    /// Writes `changes` (decoded from `deliveries`, index for index); when
+    /// the database refuses a slice for good, splits it in halves until the
+    /// refused messages stand alone, writes the rest and dead-letters those.
+    /// One statement when all is well.
     async fn write_isolating(
         &self,
-        items: &[(&Delivery, LikeChange)],
+        deliveries: &[&Delivery],
+        changes: &[LikeChange],
     ) -> Result<Tally, WriteError> {
         let mut tally = Tally::default();
         let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
-        pending.push(0..items.len());
+        pending.push(0..changes.len());
         while let Some(range) = pending.pop() {
             if range.is_empty() {
                 continue;
             }
-            let changes: Vec<LikeChange> = items[range.clone()]
-                .iter()
-                .map(|(_, c)| c.clone())
-                .collect();
-            match self.writer.write(&changes, self.shutdown).await {
+            let changes = &changes[range.clone()];
+            match self.writer.write(changes, self.shutdown).await {
                 Ok(outcome) => {
                     self.stats
                         .statement_committed(changes.len(), outcome.rows_changed);
                     tally.add(&outcome);
                 }
                 Err(WriteError::Permanent(error)) if range.len() == 1 => {
-                    let (delivery, _) = &items[range.start];
-                    self.dead_letter(delivery, &error.to_string())
+                    self.dead_letter(deliveries[range.start], &error.to_string())
                         .await
                         .map_err(WriteError::DeadLetter)?;
                 }
