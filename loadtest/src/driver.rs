@@ -8,7 +8,7 @@
 //! instead of quietly slowing the load (no coordinated omission).
 
 use crate::{
-    baseline,
+    baseline, http2,
     scenario::{Answer, Call, KindCounts, Ledger, Names},
 };
 use hdrhistogram::Histogram;
@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 use tokio::{task::JoinSet, time::Instant};
-use tonic::transport::Channel;
+use tonic::codegen::http::Uri;
 
 /// A request with no answer after this long counts as failed.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +35,7 @@ const MAX_LATENCY_MICROS: u64 = 3_600_000_000;
 #[derive(Debug, Clone)]
 pub enum Sink {
     /// The api over gRPC, spread over several HTTP/2 connections.
-    Grpc(Vec<LikeServiceClient<Channel>>),
+    Grpc(Vec<LikeServiceClient<http2::Connection>>),
     /// Straight into PostgreSQL, one transaction per request (the baseline).
     Direct(PgPool),
 }
@@ -49,13 +49,21 @@ impl Sink {
         } else {
             format!("http://{addr}")
         };
+        let origin: Uri = uri.parse()?;
+        anyhow::ensure!(
+            origin.scheme_str() == Some("http"),
+            "the load generator speaks plaintext HTTP/2 only, not {uri}"
+        );
+        let authority = origin
+            .authority()
+            .ok_or_else(|| anyhow::anyhow!("no host:port in the api address {uri}"))?
+            .to_string();
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
-            let channel = Channel::from_shared(uri.clone())?
-                .connect()
+            let connection = http2::Connection::open(&authority)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot connect to the api at {uri}: {e}"))?;
-            clients.push(LikeServiceClient::new(channel));
+            clients.push(LikeServiceClient::with_origin(connection, origin.clone()));
         }
         Ok(Self::Grpc(clients))
     }

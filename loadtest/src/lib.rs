@@ -15,6 +15,7 @@
 pub mod baseline;
 pub mod chart;
 pub mod driver;
+pub mod http2;
 pub mod monitor;
 pub mod options;
 pub mod probe;
