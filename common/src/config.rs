@@ -23,6 +23,7 @@
 //! | `LIKES__AMQP__QUEUE` | `likes.events` |
 //! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
 //! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
+//! | `LIKES__AMQP__CLASSIC_QUEUE_VERSION` | `2` (classic queues only) |
 //! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
 //! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
 //! | `LIKES__DATABASE__POOL_SIZE` | `8` |
@@ -95,6 +96,8 @@ pub struct AmqpSettings {
     pub queue: String,
     pub dead_letter_queue: String,
     pub queue_type: QueueType,
+    /// `x-queue-version` of classic queues (1 or 2); unused for quorum ones.
+    pub classic_queue_version: u8,
     pub delivery_limit: u32,
 }
 
@@ -247,6 +250,9 @@ impl Settings {
         }
         if self.api.publish_channels == 0 {
             return Err(invalid("api.publish_channels", "must be at least 1"));
+        }
+        if !(1..=2).contains(&self.amqp.classic_queue_version) {
+            return Err(invalid("amqp.classic_queue_version", "must be 1 or 2"));
         }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
@@ -407,6 +413,22 @@ mod tests {
         assert_eq!(s.worker.batch_min_size, 50);
         assert_eq!(s.worker.flush_budget_ms, 100);
         assert_eq!(s.api.listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(s.amqp.classic_queue_version, 2);
+    }
+
+    #[test]
+    fn classic_queue_version_is_one_or_two() {
+        let mut s = Settings::defaults();
+        s.amqp.classic_queue_version = 1;
+        s.validate().expect("version 1 is valid");
+        for version in [0, 3] {
+            s.amqp.classic_queue_version = version;
+            let err = s.validate().expect_err("only 1 and 2 exist");
+            assert!(
+                err.to_string().contains("amqp.classic_queue_version"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

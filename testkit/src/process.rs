@@ -90,6 +90,10 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
             settings.amqp.queue_type.as_str().to_owned(),
         ),
         (
+            "LIKES__AMQP__CLASSIC_QUEUE_VERSION",
+            settings.amqp.classic_queue_version.to_string(),
+        ),
+        (
             "LIKES__DATABASE__URL",
             settings.database.url.expose().to_owned(),
         ),

@@ -274,14 +274,21 @@ pub async fn wait_for_count(
 #[tokio::test(flavor = "multi_thread")]
 async fn likes_flow_through_classic_and_quorum_queues_alike() -> anyhow::Result<()> {
     use likes_common::config::QueueType;
-    for queue_type in [QueueType::Classic, QueueType::Quorum] {
+    let kinds = [
+        (QueueType::Classic, 2),
+        (QueueType::Classic, 1),
+        (QueueType::Quorum, 2),
+    ];
+    for (queue_type, classic_version) in kinds {
         let mut env = TestEnv::new();
         env.settings.amqp.queue_type = queue_type;
+        env.settings.amqp.classic_queue_version = classic_version;
         let api = env.spawn_api().await?;
         let _worker = env.spawn_worker().await?;
+        let label = format!("{}-v{classic_version}", queue_type.as_str());
         let outcome = likes_testkit::load::like_all(
             std::slice::from_ref(&api.client),
-            likes_testkit::load::pairs(queue_type.as_str(), 500, 4),
+            likes_testkit::load::pairs(&label, 500, 4),
             16,
             Duration::from_secs(10),
         )
@@ -293,5 +300,23 @@ async fn likes_flow_through_classic_and_quorum_queues_alike() -> anyhow::Result<
         let mut db = env.db().await?;
         likes_testkit::load::check_exactly(&mut db, &outcome.acknowledged).await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn classic_queues_carry_the_configured_storage_version() -> anyhow::Result<()> {
+    let env = TestEnv::new();
+    // Declares both queues as version 2, the default.
+    let (connection, _channel) = env.amqp().await?;
+    let mut version_1 = env.settings.amqp.clone();
+    version_1.classic_queue_version = 1;
+    let channel = connection.create_channel().await?;
+    let refused = likes_common::amqp::declare_topology(&channel, &version_1)
+        .await
+        .expect_err("RabbitMQ refuses to redeclare a version 2 queue as version 1");
+    assert!(refused.to_string().contains("x-queue-version"), "{refused}");
+    let channel = connection.create_channel().await?;
+    likes_common::amqp::declare_topology(&channel, &env.settings.amqp).await?;
+    let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
