@@ -24,7 +24,7 @@ pub struct Options {
 
     /// Requests in flight per HTTP/2 connection: the load uses
     /// ceil(concurrency / this) connections.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub per_connection: u32,
 
     /// Posts besides the celebrity post that share the rest of the likes.
