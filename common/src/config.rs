@@ -12,7 +12,7 @@
 //! | `LIKES__WORKER__METRICS_LISTEN` | `127.0.0.1:9465` (empty: off) |
 //! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
 //! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
-//! | `LIKES__API__PUBLISH_CHANNELS` | `4` |
+//! | `LIKES__API__PUBLISH_CHANNELS` | `2` |
 //! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
 //! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
 //! | `LIKES__API__TLS_CERT_FILE`, `..._TLS_KEY_FILE` | empty (plaintext) |
