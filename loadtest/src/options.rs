@@ -179,7 +179,7 @@ mod tests {
         let options = Options::parse_from(["likes-loadtest"]);
         assert_eq!(options.likes, 100_000);
         assert_eq!(options.concurrency, 64);
-        assert_eq!(options.connections(), 4);
+        assert_eq!(options.connections(), 8);
         assert_eq!(options.posts, 1000);
         assert!((options.hot_fraction - 0.9).abs() < f64::EPSILON);
         assert!(options.rate.is_none() && options.target.is_none());
