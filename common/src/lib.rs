@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod config;
 pub mod ids;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -11,8 +11,17 @@ use clap::Parser;
 use likes_loadtest::{Options, ProgressView};
 use std::{io::IsTerminal, process::ExitCode};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match likes_common::runtime::build() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(error) => {
+            eprintln!("likes-loadtest: cannot start the tokio runtime: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     let options = Options::parse();
     likes_common::telemetry::init(likes_common::config::LogFormat::Text, "warn");
     let view = if options.json || !std::io::stderr().is_terminal() {

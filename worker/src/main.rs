@@ -10,8 +10,13 @@ use anyhow::Context;
 use likes_common::{Settings, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    likes_common::runtime::build()
+        .context("starting the tokio runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading settings")?;
     if std::env::args().any(|arg| arg == "--health-check") {
         return likes_worker::health_check(&settings).await;
