@@ -10,9 +10,7 @@ use likes_common::{Settings, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> anyhow::Result<()> {
-    likes_common::runtime::build()
-        .context("starting the tokio runtime")?
-        .block_on(run())
+    likes_common::runtime::block_on(run()).context("starting the tokio runtime")?
 }
 
 async fn run() -> anyhow::Result<()> {

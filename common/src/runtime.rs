@@ -26,12 +26,17 @@ pub fn build() -> std::io::Result<Runtime> {
     builder.build()
 }
 
+/// Builds the runtime and runs a binary's async `main` on it to the end.
+pub fn block_on<F: Future>(main: F) -> std::io::Result<F::Output> {
+    Ok(build()?.block_on(main))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn builds_a_runtime() {
-        let runtime = super::build().expect("a runtime");
-        assert_eq!(runtime.block_on(async { 40 + 2 }), 42);
+        let answer = super::block_on(async { 40 + 2 }).expect("a runtime");
+        assert_eq!(answer, 42);
     }
 
     /// Exists only when `.cargo/config.toml`'s flag did not reach the

@@ -12,8 +12,8 @@ use likes_loadtest::{Options, ProgressView};
 use std::{io::IsTerminal, process::ExitCode};
 
 fn main() -> ExitCode {
-    match likes_common::runtime::build() {
-        Ok(runtime) => runtime.block_on(run()),
+    match likes_common::runtime::block_on(run()) {
+        Ok(code) => code,
         Err(error) => {
             eprintln!("likes-loadtest: cannot start the tokio runtime: {error}");
             ExitCode::from(2)
