@@ -3,9 +3,9 @@
 //! Callers get a message they can act on; the underlying detail of broker and
 //! database failures is logged here, once, and not sent to them.
 
-use crate::publisher::PublishError;
 use likes_common::ids::IdError;
 use likes_db::DbError;
+use likes_queue::PublishError;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use auth::Auth;
 use likes_common::Settings;
 use likes_common::config::ApiSettings;
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
-use publisher::Publisher;
+use publisher::{Packing, Publisher};
 use service::LikeApi;
 use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
@@ -53,8 +53,7 @@ impl Application {
         let publisher_stop = CancellationToken::new();
         let publisher = Publisher::start(
             settings.amqp.clone(),
-            settings.api.publish_channels,
-            settings.api.confirm_timeout(),
+            Packing::from_settings(&settings.api),
             publisher_stop.clone(),
         )
         .await

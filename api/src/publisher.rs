@@ -1,122 +1,88 @@
-//! Publishes like events to RabbitMQ and waits for the broker's confirm.
+//! Publishes like events to RabbitMQ, many per message, and answers each
+//! caller once the broker confirmed the message that carries its event.
 //!
-//! A small, fixed set of channels in confirm mode is opened per connection
-//! and shared by all requests (round robin); each channel carries many
-//! unconfirmed publishes at once, so a request costs one frame and one wait,
-//! never a channel of its own. Messages are persistent, `mandatory` (an
-//! unroutable message comes back instead of silently vanishing), and typed
-//! `application/x-protobuf` with the event id as message id.
+//! One persistent message per like makes the broker the wall: it pays its
+//! per-message cost (a queue write, a confirm, a delivery, an ack) for every
+//! like. So the api packs: Like and Unlike hand their event to a packer task,
+//! which publishes one `LikeEventBatch` envelope holding every event that is
+//! waiting (up to `api.max_events_per_message` events and
+//! `api.max_message_bytes` bytes) and keeps at most
+//! `api.unconfirmed_per_channel` messages unconfirmed on each of the
+//! `api.publish_channels` confirm channels. While those wait for the broker,
+//! new events collect for the next message. This is group commit with no
+//! timer: a lone Like on an idle service is published at once, and under load
+//! each message carries what arrived during the previous confirm.
+//!
+//! Every event keeps its own id and time (last-writer-wins and idempotency
+//! downstream do not care how events were packed). A caller is answered OK
+//! only after the broker acked the message holding its event; a nack, a
+//! return (unroutable), a lost connection or the confirm timeout answers
+//! every caller of that message with an error, never OK. A caller that gave
+//! up before its event was packed (its deadline passed) is left out of the
+//! next message. Events waiting are bounded by the api's admission limit
+//! (`api.max_concurrent_requests`): one per call in flight.
 //!
 //! A supervisor task owns the connection: it connects with capped
-//! exponential backoff, declares the topology, and replaces the link when the
-//! connection or a channel dies. Meanwhile `publish` fails at once with
-//! [`PublishError::NotConnected`] (UNAVAILABLE to the caller), and
-//! [`Publisher::connected`] reports the state for the health service.
-//! Publishes whose confirm never arrives fail with a broker error or the
-//! confirm timeout; none is ever answered OK without a confirm.
+//! exponential backoff, declares the topology, and replaces the link (and its
+//! packer) when the connection or a channel dies. Meanwhile `publish` fails
+//! at once with [`PublishError::NotConnected`] (UNAVAILABLE to the caller),
+//! and [`Publisher::connected`] reports the state for the health service.
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
+use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
+use likes_common::config::{AmqpSettings, ApiSettings};
+use likes_proto::pb::LikeEvent;
+use likes_queue::{
+    Channel, Connection, PublishError, backoff::Reconnect, codec, publish_confirmed,
 };
-use likes_common::{amqp, config::AmqpSettings};
-use likes_proto::{LIKE_EVENT_CONTENT_TYPE, pb::LikeEvent};
-use prost::Message;
 use std::{
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Duration,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How often the supervisor checks that the link is still up.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Why an event may not be stored; in every case the caller may retry.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("not connected to the broker")]
-    NotConnected,
-    #[error("broker error: {0}")]
-    Broker(#[from] lapin::Error),
-    #[error("no publisher confirm within {0:?}")]
-    ConfirmTimeout(Duration),
-    #[error("the broker refused the message (nack)")]
-    Nacked,
-    #[error("the broker could not route the message to queue {0}")]
-    Unroutable(String),
+/// How messages are packed, from the api settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Packing {
+    pub channels: usize,
+    pub unconfirmed_per_channel: usize,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    pub confirm_timeout: Duration,
 }
 
-impl PublishError {
-    /// A short reason safe to show callers: no addresses, no credentials.
-    pub fn caller_reason(&self) -> &'static str {
-        match self {
-            Self::NotConnected | Self::Broker(_) => "message broker unreachable",
-            Self::ConfirmTimeout(_) => "message broker did not confirm in time",
-            Self::Nacked => "message broker refused the message",
-            Self::Unroutable(_) => "event queue missing",
+impl Packing {
+    pub fn from_settings(settings: &ApiSettings) -> Self {
+        Self {
+            channels: settings.publish_channels,
+            unconfirmed_per_channel: settings.unconfirmed_per_channel,
+            max_events: settings.max_events_per_message,
+            max_bytes: settings.max_message_bytes,
+            confirm_timeout: settings.confirm_timeout(),
         }
     }
 }
 
-/// One connection and its confirm channels.
+/// The answer a caller waits for.
+type Answer = Result<(), PublishError>;
+
+/// An event handed to the packer, and where to send its answer.
 #[derive(Debug)]
-struct Link {
-    connection: Connection,
-    channels: Vec<Channel>,
-    next_channel: AtomicUsize,
-}
-
-impl Link {
-    async fn open(settings: &AmqpSettings, channels: usize) -> lapin::Result<Self> {
-        let connection = amqp::connect(settings, "likes-api").await?;
-        let mut opened = Vec::with_capacity(channels);
-        for _ in 0..channels {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            opened.push(channel);
-        }
-        amqp::declare_topology(&opened[0], settings).await?;
-        Ok(Self {
-            connection,
-            channels: opened,
-            next_channel: AtomicUsize::new(0),
-        })
-    }
-
-    fn is_up(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
-    }
-
-    fn channel(&self) -> &Channel {
-        let i = self.next_channel.fetch_add(1, Ordering::Relaxed);
-        &self.channels[i % self.channels.len()]
-    }
-
-    async fn close(&self) {
-        for channel in &self.channels {
-            let _ = channel.close(200, "shutdown".into()).await;
-        }
-        if let Err(error) = self.connection.close(200, "shutdown".into()).await {
-            tracing::debug!(%error, "closing the AMQP connection");
-        }
-    }
+struct Pending {
+    event: LikeEvent,
+    answer: oneshot::Sender<Answer>,
 }
 
 /// The api's link to RabbitMQ, kept up by a supervisor task.
 #[derive(Debug)]
 pub struct Publisher {
     link: RwLock<Option<Arc<Link>>>,
-    broken: Notify,
+    broken: Arc<Notify>,
     connected: watch::Sender<bool>,
-    queue: String,
-    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -124,19 +90,18 @@ impl Publisher {
     /// starts the supervisor that reconnects until `shutdown` is cancelled.
     pub async fn start(
         settings: AmqpSettings,
-        channels: usize,
-        confirm_timeout: Duration,
+        packing: Packing,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, PublishError> {
-        let link = Link::open(&settings, channels).await?;
+        let broken = Arc::new(Notify::new());
+        let link = Link::open(&settings, packing, &broken).await?;
         let publisher = Arc::new(Self {
             link: RwLock::new(Some(Arc::new(link))),
-            broken: Notify::new(),
+            broken,
             connected: watch::Sender::new(true),
-            queue: settings.queue.clone(),
-            confirm_timeout,
         });
-        tokio::spawn(Arc::clone(&publisher).supervise(settings, channels, shutdown));
+        metrics::gauge!("likes_amqp_connected", "role" => "api").set(1.0);
+        tokio::spawn(Arc::clone(&publisher).supervise(settings, packing, shutdown));
         Ok(publisher)
     }
 
@@ -145,53 +110,17 @@ impl Publisher {
         self.connected.subscribe()
     }
 
-    /// Publishes `event` and returns once the broker confirmed it stored it.
-    pub async fn publish(&self, event: &LikeEvent) -> Result<(), PublishError> {
+    /// Queues `event` for the next message and returns once the broker
+    /// confirmed the message that carries it.
+    pub async fn publish(&self, event: LikeEvent) -> Result<(), PublishError> {
         let link = self.current().ok_or(PublishError::NotConnected)?;
-        let payload = event.encode_to_vec();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(LIKE_EVENT_CONTENT_TYPE.into())
-            .with_message_id(event.event_id.as_str().into());
-        let channel = link.channel();
-        let confirmed = async {
-            channel
-                .basic_publish(
-                    "".into(),
-                    self.queue.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &payload,
-                    properties,
-                )
-                .await?
-                .await
-        };
-        let started = tokio::time::Instant::now();
-        let outcome = match tokio::time::timeout(self.confirm_timeout, confirmed).await {
-            Err(_elapsed) => Err(PublishError::ConfirmTimeout(self.confirm_timeout)),
-            Ok(Err(error)) => {
-                self.broken.notify_one();
-                Err(error.into())
-            }
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(_returned)))) => {
-                Err(PublishError::Unroutable(self.queue.clone()))
-            }
-            // NotRequested cannot happen on a channel in confirm mode; treat
-            // it as a refusal rather than claim the message is stored.
-            Ok(Ok(Confirmation::Nack(_) | Confirmation::NotRequested)) => Err(PublishError::Nacked),
-        };
-        let label = if outcome.is_ok() {
-            "confirmed"
-        } else {
-            "failed"
-        };
-        metrics::histogram!("likes_publish_confirm_seconds", "outcome" => label)
-            .record(started.elapsed().as_secs_f64());
-        outcome
+        let (answer, answered) = oneshot::channel();
+        link.events
+            .send(Pending { event, answer })
+            .map_err(|_| PublishError::NotConnected)?;
+        drop(link);
+        // A packer that ended without answering lost its link.
+        answered.await.unwrap_or(Err(PublishError::NotConnected))
     }
 
     fn current(&self) -> Option<Arc<Link>> {
@@ -221,14 +150,9 @@ impl Publisher {
     async fn supervise(
         self: Arc<Self>,
         settings: AmqpSettings,
-        channels: usize,
+        packing: Packing,
         shutdown: CancellationToken,
     ) {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
         loop {
             // Wait for the current link to break.
             loop {
@@ -246,9 +170,9 @@ impl Publisher {
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
                 old.close().await;
             }
-            let mut delays = backoff.build();
+            let mut backoff = Reconnect::new();
             loop {
-                match Link::open(&settings, channels).await {
+                match Link::open(&settings, packing, &self.broken).await {
                     Ok(link) => {
                         self.replace(Some(Arc::new(link)));
                         metrics::counter!("likes_amqp_reconnects_total", "role" => "api")
@@ -257,7 +181,7 @@ impl Publisher {
                         break;
                     }
                     Err(error) => {
-                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                        let delay = backoff.next_delay();
                         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
                         tokio::select! {
                             () = shutdown.cancelled() => return,
@@ -269,11 +193,453 @@ impl Publisher {
         }
     }
 
-    /// Closes the link; confirms still awaited by in-flight requests must
-    /// have arrived before this is called.
+    /// Closes the link; the calls in flight must have been answered before
+    /// this is called (the server drains them first).
     pub async fn close(&self) {
         if let Some(link) = self.replace(None) {
             link.close().await;
         }
+    }
+}
+
+/// One connection, its confirm channels, and the packer publishing on them.
+#[derive(Debug)]
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+    /// To the packer; when the last link handle is dropped, the packer
+    /// publishes what is left, waits for its confirms and ends.
+    events: mpsc::UnboundedSender<Pending>,
+}
+
+impl Link {
+    async fn open(
+        settings: &AmqpSettings,
+        packing: Packing,
+        broken: &Arc<Notify>,
+    ) -> Result<Self, PublishError> {
+        let connection = likes_queue::connect(settings, "likes-api").await?;
+        let mut channels = Vec::with_capacity(packing.channels);
+        for _ in 0..packing.channels {
+            channels.push(likes_queue::confirm_channel(&connection).await?);
+        }
+        likes_queue::declare_topology(&channels[0], settings).await?;
+        let (events, waiting) = mpsc::unbounded_channel();
+        let sink = BrokerSink {
+            channels: channels.clone(),
+            queue: settings.queue.clone(),
+            broken: Arc::clone(broken),
+        };
+        tokio::spawn(pack(waiting, packing, move |lane, events| {
+            sink.publish(lane, events)
+        }));
+        Ok(Self {
+            connection,
+            channels,
+            events,
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+
+    async fn close(&self) {
+        for channel in &self.channels {
+            let _ = channel.close(200, "shutdown".into()).await;
+        }
+        if let Err(error) = self.connection.close(200, "shutdown".into()).await {
+            tracing::debug!(%error, "closing the AMQP connection");
+        }
+    }
+}
+
+/// Publishes envelopes on the link's channels.
+struct BrokerSink {
+    channels: Vec<Channel>,
+    queue: String,
+    broken: Arc<Notify>,
+}
+
+impl BrokerSink {
+    fn publish(&self, lane: usize, events: Vec<LikeEvent>) -> BoxFuture<'static, Answer> {
+        let channel = self.channels[lane].clone();
+        let queue = self.queue.clone();
+        let broken = Arc::clone(&self.broken);
+        let body = codec::encode_envelope(&events);
+        let properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string());
+        async move {
+            let outcome = publish_confirmed(&channel, &queue, &body, properties).await;
+            if let Err(PublishError::Broker(_)) = &outcome {
+                broken.notify_one();
+            }
+            outcome
+        }
+        .boxed()
+    }
+}
+
+/// The packer: takes waiting events from `waiting`, publishes them through
+/// `publish(lane, events)` (whose future resolves with the broker's
+/// confirm), and answers every caller of a message with its outcome. Ends
+/// when every sender is gone and every message is answered.
+async fn pack<F>(mut waiting: mpsc::UnboundedReceiver<Pending>, packing: Packing, mut publish: F)
+where
+    F: FnMut(usize, Vec<LikeEvent>) -> BoxFuture<'static, Answer>,
+{
+    let per_lane = packing.unconfirmed_per_channel.max(1);
+    let mut unconfirmed = vec![0_usize; packing.channels.max(1)];
+    let mut in_flight = FuturesUnordered::new();
+    // An event that did not fit in the previous message starts the next one.
+    let mut carried: Option<Pending> = None;
+    let mut open = true;
+    loop {
+        let lane = (0..unconfirmed.len())
+            .filter(|&lane| unconfirmed[lane] < per_lane)
+            .min_by_key(|&lane| unconfirmed[lane]);
+        tokio::select! {
+            biased;
+            Some((lane, answers, outcome)) = in_flight.next() => {
+                unconfirmed[lane] -= 1;
+                answer_all(answers, &outcome);
+            }
+            first = next_pending(&mut carried, &mut waiting), if open && lane.is_some() => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let lane = lane.expect("the branch runs only with a free lane");
+                let (events, answers) = collect(first, &mut waiting, &mut carried, &packing);
+                if events.is_empty() {
+                    continue;
+                }
+                unconfirmed[lane] += 1;
+                let confirmed = publish(lane, events);
+                let timeout = packing.confirm_timeout;
+                let started = Instant::now();
+                let count = answers.len();
+                in_flight.push(async move {
+                    let outcome = match tokio::time::timeout(timeout, confirmed).await {
+                        Ok(outcome) => outcome,
+                        Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
+                    };
+                    record(&outcome, count, started.elapsed());
+                    (lane, answers, outcome)
+                });
+            }
+            else => break,
+        }
+    }
+}
+
+async fn next_pending(
+    carried: &mut Option<Pending>,
+    waiting: &mut mpsc::UnboundedReceiver<Pending>,
+) -> Option<Pending> {
+    match carried.take() {
+        Some(pending) => Some(pending),
+        None => waiting.recv().await,
+    }
+}
+
+/// `first` and whatever else is waiting, within the bounds; callers that
+/// already gave up are left out. An event past the byte bound is carried
+/// to the next message.
+fn collect(
+    first: Pending,
+    waiting: &mut mpsc::UnboundedReceiver<Pending>,
+    carried: &mut Option<Pending>,
+    packing: &Packing,
+) -> (Vec<LikeEvent>, Vec<oneshot::Sender<Answer>>) {
+    let mut events = Vec::new();
+    let mut answers = Vec::new();
+    let mut bytes = 0;
+    let mut next = Some(first);
+    while let Some(pending) = next.take().or_else(|| waiting.try_recv().ok()) {
+        if pending.answer.is_closed() {
+            continue;
+        }
+        let len = codec::event_len_in_envelope(&pending.event);
+        if !events.is_empty() && bytes + len > packing.max_bytes {
+            *carried = Some(pending);
+            break;
+        }
+        bytes += len;
+        events.push(pending.event);
+        answers.push(pending.answer);
+        if events.len() >= packing.max_events {
+            break;
+        }
+    }
+    (events, answers)
+}
+
+fn answer_all(answers: Vec<oneshot::Sender<Answer>>, outcome: &Answer) {
+    for answer in answers {
+        // A caller whose deadline passed no longer listens.
+        let _ = answer.send(outcome.clone());
+    }
+}
+
+/// `likes_publish_confirm_seconds{outcome}` per message, and on a confirm
+/// `likes_publish_messages_total` and `likes_publish_events_total`, whose
+/// ratio is the mean number of likes per broker message.
+fn record(outcome: &Answer, events: usize, waited: Duration) {
+    let label = if outcome.is_ok() {
+        "confirmed"
+    } else {
+        "failed"
+    };
+    metrics::histogram!("likes_publish_confirm_seconds", "outcome" => label)
+        .record(waited.as_secs_f64());
+    if outcome.is_ok() {
+        metrics::counter!("likes_publish_messages_total").increment(1);
+        metrics::counter!("likes_publish_events_total").increment(events as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Messages the packer published: (lane, event ids), and the confirms
+    /// a test resolves by hand.
+    #[derive(Default)]
+    struct Broker {
+        published: Mutex<Vec<(usize, Vec<String>)>>,
+        confirms: Mutex<Vec<oneshot::Sender<Answer>>>,
+    }
+
+    impl Broker {
+        fn sink(
+            self: &Arc<Self>,
+        ) -> impl FnMut(usize, Vec<LikeEvent>) -> BoxFuture<'static, Answer> + use<> {
+            let broker = Arc::clone(self);
+            move |lane, events| {
+                let ids = events.into_iter().map(|e| e.event_id).collect();
+                broker
+                    .published
+                    .lock()
+                    .expect("test lock")
+                    .push((lane, ids));
+                let (confirm, confirmed) = oneshot::channel();
+                broker.confirms.lock().expect("test lock").push(confirm);
+                async move { confirmed.await.unwrap_or(Err(PublishError::NotConnected)) }.boxed()
+            }
+        }
+
+        fn sizes(&self) -> Vec<usize> {
+            let published = self.published.lock().expect("test lock");
+            published.iter().map(|(_, ids)| ids.len()).collect()
+        }
+
+        /// Confirms (or fails) the oldest unconfirmed message.
+        fn confirm_next(&self, outcome: Answer) {
+            let confirm = self.confirms.lock().expect("test lock").remove(0);
+            let _ = confirm.send(outcome);
+        }
+    }
+
+    fn packing() -> Packing {
+        Packing {
+            channels: 1,
+            unconfirmed_per_channel: 1,
+            max_events: 256,
+            max_bytes: 128 * 1024,
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn event(n: usize) -> LikeEvent {
+        LikeEvent {
+            event_id: format!("e{n}"),
+            post_id: "p".into(),
+            user_id: format!("u{n}"),
+            action: 1,
+            occurred_at_micros: 1,
+        }
+    }
+
+    fn start(packing: Packing) -> (Arc<Broker>, mpsc::UnboundedSender<Pending>) {
+        let broker = Arc::new(Broker::default());
+        let (events, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(pack(waiting, packing, broker.sink()));
+        (broker, events)
+    }
+
+    fn send(events: &mpsc::UnboundedSender<Pending>, n: usize) -> oneshot::Receiver<Answer> {
+        let (answer, answered) = oneshot::channel();
+        events
+            .send(Pending {
+                event: event(n),
+                answer,
+            })
+            .expect("packer running");
+        answered
+    }
+
+    /// Lets the packer task run until it waits again.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_event_is_published_at_once() {
+        let (broker, events) = start(packing());
+        let started = Instant::now();
+        let answered = send(&events, 1);
+        settle().await;
+        assert_eq!(broker.sizes(), vec![1], "published without waiting");
+        assert_eq!(started.elapsed(), Duration::ZERO, "no timer");
+        broker.confirm_next(Ok(()));
+        assert!(answered.await.expect("answered").is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_arriving_during_an_unconfirmed_publish_share_the_next_message() {
+        let (broker, events) = start(packing());
+        let first = send(&events, 0);
+        settle().await;
+        let waiting: Vec<_> = (1..=10).map(|n| send(&events, n)).collect();
+        settle().await;
+        assert_eq!(
+            broker.sizes(),
+            vec![1],
+            "the ten wait for the first confirm"
+        );
+        broker.confirm_next(Ok(()));
+        settle().await;
+        assert_eq!(broker.sizes(), vec![1, 10], "the ten share one message");
+        assert!(first.await.expect("answered").is_ok());
+        broker.confirm_next(Ok(()));
+        for answered in waiting {
+            assert!(answered.await.expect("answered").is_ok());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_stay_within_the_event_and_byte_bounds() {
+        let bounded = Packing {
+            max_events: 4,
+            max_bytes: 3 * codec::event_len_in_envelope(&event(10)),
+            ..packing()
+        };
+        let (broker, events) = start(bounded);
+        let first = send(&events, 0);
+        settle().await;
+        let waiting: Vec<_> = (10..20).map(|n| send(&events, n)).collect();
+        settle().await;
+        for _ in 0..5 {
+            broker.confirm_next(Ok(()));
+            settle().await;
+        }
+        // Ten waiting events of equal size, three fit the byte bound.
+        assert_eq!(broker.sizes(), vec![1, 3, 3, 3, 1]);
+        let loose = Packing {
+            max_events: 4,
+            ..packing()
+        };
+        let (broker, events) = start(loose);
+        let _first = send(&events, 0);
+        settle().await;
+        let _waiting: Vec<_> = (10..20).map(|n| send(&events, n)).collect();
+        settle().await;
+        for _ in 0..4 {
+            broker.confirm_next(Ok(()));
+            settle().await;
+        }
+        assert_eq!(broker.sizes(), vec![1, 4, 4, 2]);
+        drop((first, waiting));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unconfirmed_messages_are_bounded_per_channel() {
+        let two_by_two = Packing {
+            channels: 2,
+            unconfirmed_per_channel: 2,
+            ..packing()
+        };
+        let (broker, events) = start(two_by_two);
+        // One event at a time: each is published alone while a slot is free.
+        let mut answers = Vec::new();
+        for n in 0..6 {
+            answers.push(send(&events, n));
+            settle().await;
+        }
+        let published = broker.published.lock().expect("test lock").clone();
+        let lanes: Vec<usize> = published.iter().map(|(lane, _)| *lane).collect();
+        assert_eq!(lanes.len(), 4, "two unconfirmed on each of two channels");
+        assert_eq!(
+            lanes.iter().filter(|&&lane| lane == 0).count(),
+            2,
+            "{lanes:?}"
+        );
+        // The two that found no free slot share the next message.
+        broker.confirm_next(Ok(()));
+        settle().await;
+        assert_eq!(broker.sizes(), vec![1, 1, 1, 1, 2]);
+        drop(answers);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_or_late_confirm_answers_every_caller_of_the_message_with_an_error() {
+        let (broker, events) = start(packing());
+        let first = send(&events, 0);
+        settle().await;
+        let nacked: Vec<_> = (1..4).map(|n| send(&events, n)).collect();
+        settle().await;
+        broker.confirm_next(Ok(()));
+        settle().await;
+        broker.confirm_next(Err(PublishError::Nacked));
+        assert!(first.await.expect("answered").is_ok());
+        for answered in nacked {
+            assert!(matches!(
+                answered.await.expect("answered"),
+                Err(PublishError::Nacked)
+            ));
+        }
+        // A confirm that never comes: the timeout answers, never OK.
+        let late = send(&events, 9);
+        settle().await;
+        let started = Instant::now();
+        let outcome = late.await.expect("answered");
+        assert!(
+            matches!(outcome, Err(PublishError::ConfirmTimeout(_))),
+            "{outcome:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn callers_that_gave_up_are_left_out_of_the_next_message() {
+        let (broker, events) = start(packing());
+        let _first = send(&events, 0);
+        settle().await;
+        let kept = send(&events, 1);
+        let gave_up = send(&events, 2);
+        drop(gave_up);
+        settle().await;
+        broker.confirm_next(Ok(()));
+        settle().await;
+        let published = broker.published.lock().expect("test lock").clone();
+        assert_eq!(published[1].1, vec!["e1".to_owned()]);
+        drop(kept);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_packer_ends_once_its_senders_are_gone_and_every_caller_is_answered() {
+        let broker = Arc::new(Broker::default());
+        let (events, waiting) = mpsc::unbounded_channel();
+        let packer = tokio::spawn(pack(waiting, packing(), broker.sink()));
+        let answered = send(&events, 0);
+        drop(events);
+        settle().await;
+        assert!(!packer.is_finished(), "a message is still unconfirmed");
+        broker.confirm_next(Ok(()));
+        assert!(answered.await.expect("answered").is_ok());
+        packer.await.expect("the packer ends cleanly");
     }
 }

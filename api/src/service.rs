@@ -62,8 +62,9 @@ impl LikeApi {
             occurred_at_micros: now_micros(),
         };
         Span::current().record("event.id", event.event_id.as_str());
-        self.publisher.publish(&event).await?;
-        Ok(event.event_id)
+        let event_id = event.event_id.clone();
+        self.publisher.publish(event).await?;
+        Ok(event_id)
     }
 
     async fn connection(&self) -> Result<PooledConnection<'_>, ApiError> {

@@ -13,6 +13,9 @@
 //! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
 //! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
 //! | `LIKES__API__PUBLISH_CHANNELS` | `2` |
+//! | `LIKES__API__UNCONFIRMED_PER_CHANNEL` | `1` |
+//! | `LIKES__API__MAX_EVENTS_PER_MESSAGE` | `256` |
+//! | `LIKES__API__MAX_MESSAGE_BYTES` | `131072` |
 //! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
 //! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
 //! | `LIKES__API__TLS_CERT_FILE`, `..._TLS_KEY_FILE` | empty (plaintext) |
@@ -81,6 +84,12 @@ pub struct ApiSettings {
     pub metrics_listen: String,
     pub confirm_timeout_ms: u64,
     pub publish_channels: usize,
+    /// Messages each publish channel keeps unconfirmed at once.
+    pub unconfirmed_per_channel: usize,
+    /// Most events packed into one broker message.
+    pub max_events_per_message: usize,
+    /// Most bytes of events packed into one broker message.
+    pub max_message_bytes: usize,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
     pub tls_cert_file: String,
@@ -250,6 +259,16 @@ impl Settings {
         }
         if self.api.publish_channels == 0 {
             return Err(invalid("api.publish_channels", "must be at least 1"));
+        }
+        if self.api.unconfirmed_per_channel == 0 {
+            return Err(invalid("api.unconfirmed_per_channel", "must be at least 1"));
+        }
+        if self.api.max_events_per_message == 0 {
+            return Err(invalid("api.max_events_per_message", "must be at least 1"));
+        }
+        // One event of the largest ids (2 × 128 bytes) must fit.
+        if self.api.max_message_bytes < 1024 {
+            return Err(invalid("api.max_message_bytes", "must be at least 1024"));
         }
         if !(1..=2).contains(&self.amqp.classic_queue_version) {
             return Err(invalid("amqp.classic_queue_version", "must be 1 or 2"));

@@ -20,7 +20,8 @@ pub enum IdError {
     ControlCharacter(u32),
 }
 
-fn check(raw: &str) -> Result<(), IdError> {
+/// Checks `raw` against the rules without taking it.
+pub fn check(raw: &str) -> Result<(), IdError> {
     if raw.is_empty() {
         return Err(IdError::Empty);
     }

@@ -1,7 +1,7 @@
-//! What both likes binaries share: typed settings, telemetry, shutdown
-//! signalling, the domain ids and the RabbitMQ topology.
+//! What the likes binaries share: typed settings, the domain ids,
+//! telemetry, shutdown signalling and the tokio runtime. Nothing here talks
+//! to RabbitMQ (that is `likes-queue`) or PostgreSQL (`likes-db`).
 
-pub mod amqp;
 pub mod config;
 pub mod ids;
 pub mod runtime;

@@ -10,8 +10,8 @@ use diesel::{
     sql_types::{BigInt, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use likes_common::{config::AmqpSettings, config::SecretUrl};
+use likes_queue::{Channel, Connection};
 use std::{
     fmt,
     sync::{
@@ -188,20 +188,12 @@ impl QueueProbe {
 
     async fn try_depth(&mut self) -> anyhow::Result<u32> {
         if self.link.is_none() {
-            let connection =
-                likes_common::amqp::connect(&self.settings, "likes-loadtest-depth").await?;
+            let connection = likes_queue::connect(&self.settings, "likes-loadtest-depth").await?;
             let channel = connection.create_channel().await?;
             self.link = Some((connection, channel));
         }
         let (_, channel) = self.link.as_ref().expect("connected just above");
-        let declared = channel
-            .queue_declare(
-                self.settings.queue.as_str().into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(declared.message_count())
+        Ok(likes_queue::queue_depth(channel, &self.settings.queue).await?)
     }
 
     /// Closes the connection, if open.

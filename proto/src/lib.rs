@@ -2,7 +2,8 @@
 //! `proto/likes/v1/likes.proto` at build time.
 //!
 //! `pb` holds the messages, the `LikeService` server and client, and the
-//! `LikeEvent` that travels through RabbitMQ. [`FILE_DESCRIPTOR_SET`] is what
+//! `LikeEvent` / `LikeEventBatch` messages that travel through RabbitMQ (their
+//! wire format on the queue is `likes-queue`'s codec). [`FILE_DESCRIPTOR_SET`] is what
 //! server reflection serves, so grpcurl works without the .proto file.
 
 pub mod codec;
@@ -15,6 +16,3 @@ pub mod pb {
 
 /// Encoded `FileDescriptorSet` of `likes.proto`, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("likes_descriptor");
-
-/// Content type of a protobuf-encoded [`pb::LikeEvent`] on the queue.
-pub const LIKE_EVENT_CONTENT_TYPE: &str = "application/x-protobuf";

@@ -3,8 +3,7 @@
 //! own with a small runtime of its own.
 
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::options::QueueDeleteOptions;
-use likes_common::{Settings, amqp};
+use likes_common::Settings;
 
 pub(crate) fn remove(settings: &Settings) {
     let settings = settings.clone();
@@ -43,13 +42,9 @@ async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
 }
 
 async fn delete_queues(settings: &Settings) -> anyhow::Result<()> {
-    let connection = amqp::connect(&settings.amqp, "likes-test-cleanup").await?;
+    let connection = likes_queue::connect(&settings.amqp, "likes-test-cleanup").await?;
     let channel = connection.create_channel().await?;
-    for queue in [&settings.amqp.queue, &settings.amqp.dead_letter_queue] {
-        channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await?;
-    }
+    likes_queue::delete_topology(&channel, &settings.amqp).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -18,13 +18,9 @@ pub use running::{RunningApi, RunningWorker};
 
 use anyhow::Context;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
-use lapin::{
-    BasicProperties, Channel, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
-use likes_common::{Settings, amqp, config::SecretUrl};
-use likes_proto::{LIKE_EVENT_CONTENT_TYPE, pb::LikeEvent};
+use likes_common::{Settings, config::SecretUrl};
+use likes_proto::pb::LikeEvent;
+use likes_queue::{BasicProperties, Channel, Connection, codec};
 use std::{future::Future, time::Duration};
 use tokio::time::Instant;
 
@@ -109,67 +105,75 @@ impl TestEnv {
 
     /// A channel with this env's queues declared and confirms on.
     pub async fn amqp(&self) -> anyhow::Result<(Connection, Channel)> {
-        let connection = amqp::connect(&self.settings.amqp, "likes-test").await?;
-        let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel, &self.settings.amqp).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
+        let connection = likes_queue::connect(&self.settings.amqp, "likes-test").await?;
+        let channel = likes_queue::confirm_channel(&connection).await?;
+        likes_queue::declare_topology(&channel, &self.settings.amqp).await?;
         Ok((connection, channel))
     }
 
     /// Publishes raw bytes to the event queue, as a producer other than the
     /// api could, and waits for the confirm.
     pub async fn publish_raw(&self, channel: &Channel, body: &[u8]) -> anyhow::Result<()> {
-        self.publish_with(channel, body, BasicProperties::default())
-            .await
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(codec::EVENT_CONTENT_TYPE.into());
+        self.publish_with(channel, body, properties).await
     }
 
-    async fn publish_with(
+    /// Publishes `body` with `properties` to the event queue and waits for
+    /// the confirm.
+    pub async fn publish_with(
         &self,
         channel: &Channel,
         body: &[u8],
         properties: BasicProperties,
     ) -> anyhow::Result<()> {
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                self.settings.amqp.queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties
-                    .with_delivery_mode(2)
-                    .with_content_type(LIKE_EVENT_CONTENT_TYPE.into()),
-            )
-            .await?
-            .await?;
-        anyhow::ensure!(confirm.is_ack(), "broker did not ack the test message");
-        Ok(())
+        likes_queue::publish_confirmed(channel, &self.settings.amqp.queue, body, properties)
+            .await
+            .context("publishing a test message")
     }
 
-    /// Publishes a [`LikeEvent`] built by the test, with its event id as
-    /// message id, as the api does.
+    /// Publishes a [`LikeEvent`] built by the test as a single-event
+    /// message, as `likes-dlq replay` and producers other than the api do.
     pub async fn publish_event(&self, channel: &Channel, event: &LikeEvent) -> anyhow::Result<()> {
         use prost::Message;
-        let properties = BasicProperties::default().with_message_id(event.event_id.as_str().into());
+        let properties = codec::event_properties(&event.event_id);
         self.publish_with(channel, &event.encode_to_vec(), properties)
             .await
     }
 
+    /// Publishes `events` as one envelope, as the api does, and returns the
+    /// envelope's message id.
+    pub async fn publish_envelope(
+        &self,
+        channel: &Channel,
+        events: &[LikeEvent],
+    ) -> anyhow::Result<String> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let properties = codec::envelope_properties(&id);
+        self.publish_with(channel, &codec::encode_envelope(events), properties)
+            .await?;
+        Ok(id)
+    }
+
+    /// What the dead-letter queue holds (left in place).
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<likes_queue::dead_letters::DeadLetter>> {
+        let (connection, channel) = self.amqp().await?;
+        let letters =
+            likes_queue::dead_letters::list(&channel, &self.settings.amqp, u32::MAX).await?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(letters)
+    }
+
     /// Messages ready in `queue` (passive declare).
     pub async fn queue_depth(&self, queue: &str) -> anyhow::Result<u32> {
-        let connection = amqp::connect(&self.settings.amqp, "likes-test-depth").await?;
+        let connection = likes_queue::connect(&self.settings.amqp, "likes-test-depth").await?;
         let channel = connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
+        let depth = likes_queue::queue_depth(&channel, queue)
             .await
             .with_context(|| format!("queue {queue} does not exist"))?;
         let _ = connection.close(200, "done".into()).await;
-        Ok(declared.message_count())
+        Ok(depth)
     }
 }
 

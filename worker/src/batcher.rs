@@ -1,6 +1,8 @@
-//! Collects deliveries into batches: a batch ends when it is full (holds the
-//! target size it was called with), when its oldest item has waited
-//! `max_wait`, or when shutdown is requested.
+//! Collects deliveries into batches: a batch ends when it is full (its items
+//! weigh the target size it was called with: events, as one message may
+//! hold many), when its oldest item has waited `max_wait`, or when shutdown
+//! is requested. The last item may carry a batch past its target by less
+//! than one message's events.
 //!
 //! The clock starts at the first item, not at the call: an idle queue costs
 //! nothing, a lone like is written about `max_wait` after it arrived, and a
@@ -14,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// Why a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchEnd {
-    /// It holds `size` items.
+    /// Its items weigh at least `size`.
     Full,
     /// Its first item has waited `max_wait`.
     Waited,
@@ -32,18 +34,19 @@ pub struct Batch<T> {
     pub end: BatchEnd,
 }
 
-/// Waits for the next batch of `size` items (the current target) from
-/// `stream`.
+/// Waits for the next batch from `stream` whose items, weighed by `weight`,
+/// reach `size` (the current target).
 pub async fn next_batch<S>(
     stream: &mut S,
     size: usize,
     max_wait: Duration,
     shutdown: &CancellationToken,
+    weight: impl Fn(&S::Item) -> usize,
 ) -> Batch<S::Item>
 where
     S: Stream + Unpin,
 {
-    let mut items = Vec::with_capacity(size);
+    let mut items = Vec::new();
     let first = tokio::select! {
         biased;
         () = shutdown.cancelled() => return Batch { items, end: BatchEnd::Shutdown },
@@ -55,14 +58,18 @@ where
             end: BatchEnd::StreamEnded,
         };
     };
+    let mut weighed = weight(&first);
     items.push(first);
     let deadline = Instant::now() + max_wait;
-    while items.len() < size {
+    while weighed < size {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => return Batch { items, end: BatchEnd::Shutdown },
             item = stream.next() => match item {
-                Some(item) => items.push(item),
+                Some(item) => {
+                    weighed += weight(&item);
+                    items.push(item);
+                }
                 None => return Batch { items, end: BatchEnd::StreamEnded },
             },
             () = sleep_until(deadline) => return Batch { items, end: BatchEnd::Waited },
@@ -97,6 +104,7 @@ mod tests {
             5,
             Duration::from_millis(50),
             &CancellationToken::new(),
+            |_| 1,
         )
         .await;
         assert_eq!(batch.end, BatchEnd::Full);
@@ -119,6 +127,7 @@ mod tests {
             500,
             Duration::from_millis(50),
             &CancellationToken::new(),
+            |_| 1,
         )
         .await;
         assert_eq!(batch.end, BatchEnd::Waited);
@@ -142,10 +151,32 @@ mod tests {
             500,
             Duration::from_millis(50),
             &CancellationToken::new(),
+            |_| 1,
         )
         .await;
         assert_eq!(batch.end, BatchEnd::Waited);
         assert_eq!(batch.items, vec![0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn items_are_weighed_by_the_events_they_hold() {
+        let (tx, mut rx) = channel();
+        for events in [200, 1, 250, 100, 7] {
+            tx.send(events).expect("receiver alive");
+        }
+        let weigh = |events: &u32| *events as usize;
+        let shutdown = CancellationToken::new();
+        let wait = Duration::from_millis(50);
+        let batch = next_batch(&mut rx, 500, wait, &shutdown, weigh).await;
+        assert_eq!(batch.end, BatchEnd::Full);
+        assert_eq!(
+            batch.items,
+            vec![200, 1, 250, 100],
+            "551 events, one message past"
+        );
+        let batch = next_batch(&mut rx, 500, wait, &shutdown, weigh).await;
+        assert_eq!(batch.end, BatchEnd::Waited);
+        assert_eq!(batch.items, vec![7]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -158,7 +189,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             cancel.cancel();
         });
-        let batch = next_batch(&mut rx, 500, Duration::from_secs(60), &shutdown).await;
+        let batch = next_batch(&mut rx, 500, Duration::from_secs(60), &shutdown, |_| 1).await;
         assert_eq!(batch.end, BatchEnd::Shutdown);
         assert_eq!(batch.items, vec![1]);
         drop(tx);
@@ -174,6 +205,7 @@ mod tests {
             500,
             Duration::from_secs(60),
             &CancellationToken::new(),
+            |_| 1,
         )
         .await;
         assert_eq!(batch.end, BatchEnd::StreamEnded);

@@ -1,9 +1,20 @@
-//! The consumer loop: deliveries → batches → one write → one ack.
+//! The consumer loop: deliveries → batches of events → one write → one ack.
 //!
-//! Deliveries come with prefetch (at least one batch, by default two, so the
-//! next batch streams in while one is written) and manual acks. Each batch is
+//! Deliveries come with prefetch (by default twice the batch size in
+//! messages, so a batch fills even when every message holds one event, and
+//! the next batch streams in while one is written) and manual acks. A message
+//! is an envelope of many events or a single event (`likes_queue::codec`);
+//! each is decoded as it arrives, and a batch closes once its messages hold
+//! `worker.batch_size` events (a message is never split). Each batch is
 //! settled before the next is collected, so one `multiple=true` ack on its
-//! highest delivery tag covers exactly the batch.
+//! highest delivery tag covers exactly the batch, and a message is acked
+//! only once every event in it is committed or dead-lettered.
+//!
+//! Poison is handled per event, not per message: a message that does not
+//! decode goes to the dead-letter queue whole; an event whose ids break the
+//! rules, or that the database refuses, goes there alone (its envelope's
+//! other events are written), as a single-event message naming the envelope
+//! it came from.
 //!
 //! Each batch aims at the target of [`BatchSizing`]: `worker.batch_size`, or
 //! in adaptive mode a size tuned after every committed batch. Prefetch stays
@@ -14,27 +25,54 @@
 use crate::{
     adaptive::BatchSizing,
     batcher::{BatchEnd, next_batch},
-    dead_letters,
     error::WorkerError,
-    event::decode,
+    event::{self, Poison},
     stats::WorkerStats,
     writer::{WriteError, Writer},
 };
+use futures_util::StreamExt;
 use lapin::{
-    Channel, Confirmation,
+    Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        BasicQosOptions, ConfirmSelectOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
 };
 use likes_common::config::{AmqpSettings, Settings};
-use likes_db::LikeChange;
+use likes_db::{DbError, LikeChange};
+use likes_proto::pb::LikeEvent;
+use likes_queue::{
+    PublishError,
+    codec::{self, Decoded, Kind},
+    dead_letters,
+};
 use std::{ops::Range, sync::Arc, time::Duration};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
+
+/// A delivery and what its body decoded to.
+struct Incoming {
+    delivery: Delivery,
+    decoded: Result<Decoded, prost::DecodeError>,
+}
+
+impl Incoming {
+    fn decode(delivery: Delivery) -> Self {
+        let decoded = codec::decode(&delivery.properties, &delivery.data);
+        Self { delivery, decoded }
+    }
+
+    /// Events it counts for in a batch (an undecodable or empty message
+    /// still takes a place).
+    fn events(&self) -> usize {
+        self.decoded
+            .as_ref()
+            .map_or(1, |decoded| decoded.events.len().max(1))
+    }
+}
 
 /// Consumes from the event queue on `channel` until `shutdown` is cancelled
 /// (then flushes, commits and acks the current batch) or the channel fails.
@@ -53,7 +91,7 @@ pub async fn consume(
     channel
         .basic_qos(worker.effective_prefetch(), BasicQosOptions::default())
         .await?;
-    let mut consumer = channel
+    let consumer = channel
         .basic_consume(
             settings.amqp.queue.as_str().into(),
             "".into(),
@@ -62,6 +100,7 @@ pub async fn consume(
         )
         .await?;
     let tag = consumer.tag();
+    let mut incoming = consumer.map(|delivery| delivery.map(Incoming::decode));
     let settler = Settler {
         channel,
         writer,
@@ -84,22 +123,28 @@ pub async fn consume(
     let mut broken = None;
     loop {
         let target = sizing.target();
-        let batch = next_batch(&mut consumer, target, worker.batch_max_wait(), shutdown).await;
-        let mut deliveries = Vec::with_capacity(batch.items.len());
+        let batch = next_batch(
+            &mut incoming,
+            target,
+            worker.batch_max_wait(),
+            shutdown,
+            |item| item.as_ref().map_or(0, Incoming::events),
+        )
+        .await;
+        let mut messages = Vec::with_capacity(batch.items.len());
         for item in batch.items {
             match item {
-                Ok(delivery) => deliveries.push(delivery),
+                Ok(message) => messages.push(message),
                 Err(error) => broken = Some(error),
             }
         }
-        if !deliveries.is_empty() {
-            let size = deliveries.len();
-            let span = info_span!("batch", batch.size = size);
-            let settled = settler.settle(deliveries, target).instrument(span).await?;
+        if !messages.is_empty() {
+            let span = info_span!("batch", batch.messages = messages.len());
+            let settled = settler.settle(messages, target).instrument(span).await?;
             // Only a committed batch measures the database; a requeued one
             // measured an outage and the retry budget.
-            if let Settled::Acked { flush } = settled {
-                let next = sizing.observe(size, flush, batch.end);
+            if let Settled::Acked { events, flush } = settled {
+                let next = sizing.observe(events, flush, batch.end);
                 if next != target {
                     stats.batch_target_set(next);
                 }
@@ -129,7 +174,7 @@ pub async fn consume(
 #[derive(Debug, Clone, Copy)]
 enum Settled {
     /// Committed (or dead-lettered) and acked, `flush` after it closed.
-    Acked { flush: Duration },
+    Acked { events: usize, flush: Duration },
     /// Handed back to the queue.
     Requeued,
 }
@@ -144,43 +189,71 @@ struct Settler<'a> {
 }
 
 impl Settler<'_> {
-    /// Dead-letters poison, writes the rest (isolating messages the database
+    /// Dead-letters poison, writes the rest (isolating events the database
     /// refuses), then acks the batch, or requeues it when the database stays
     /// unavailable. `target` is the size the batch aimed at, for the log.
-    async fn settle(
-        &self,
-        deliveries: Vec<Delivery>,
-        target: usize,
-    ) -> Result<Settled, WorkerError> {
+    async fn settle(&self, messages: Vec<Incoming>, target: usize) -> Result<Settled, WorkerError> {
         let started = Instant::now();
-        let size = deliveries.len();
-        let last_tag = deliveries
+        let last_tag = messages
             .iter()
-            .map(|d| d.delivery_tag)
+            .map(|m| m.delivery.delivery_tag)
             .max()
-            .expect("settle is called with at least one delivery");
-        // Parallel vectors, so a slice of changes goes to the writer as it is.
-        let mut decoded: Vec<&Delivery> = Vec::with_capacity(size);
-        let mut changes: Vec<LikeChange> = Vec::with_capacity(size);
-        for delivery in &deliveries {
-            match decode(&delivery.data) {
-                Ok(change) => {
-                    decoded.push(delivery);
-                    changes.push(change);
+            .expect("settle is called with at least one message");
+        let mut events = 0;
+        let mut deliveries = Vec::with_capacity(messages.len());
+        // Parallel vectors: each change and the index of its delivery, so a
+        // slice of changes goes to the writer as it is.
+        let mut changes: Vec<LikeChange> = Vec::new();
+        let mut origins: Vec<usize> = Vec::new();
+        for (index, Incoming { delivery, decoded }) in messages.into_iter().enumerate() {
+            match decoded {
+                Err(error) => {
+                    events += 1;
+                    let reason = format!("not a LikeEvent or LikeEventBatch: {error}");
+                    self.dead_letter_message(&delivery, &reason).await?;
                 }
-                Err(reason) => self.dead_letter(delivery, &reason.to_string()).await?,
+                Ok(Decoded { kind, events: held }) => {
+                    events += held.len();
+                    changes.reserve(held.len());
+                    for held in held {
+                        match event::validate(held) {
+                            Ok(change) => {
+                                changes.push(change);
+                                origins.push(index);
+                            }
+                            Err(poison) => {
+                                let Poison { reason, event } = *poison;
+                                self.dead_letter(&delivery, kind, &event, &reason.to_string())
+                                    .await?;
+                            }
+                        }
+                    }
+                }
             }
+            deliveries.push(delivery);
         }
-        match self.write_isolating(&decoded, &changes).await {
-            Ok(tally) => {
-                // Every delivery is now committed or dead-lettered.
+        match self.write_isolating(&changes).await {
+            Ok((tally, refused)) => {
+                for (change, error) in refused {
+                    let delivery = &deliveries[origins[change]];
+                    let event = event::to_event(&changes[change]);
+                    self.dead_letter(
+                        delivery,
+                        Kind::of(&delivery.properties),
+                        &event,
+                        &error.to_string(),
+                    )
+                    .await?;
+                }
+                // Every event is now committed or dead-lettered.
                 self.channel
                     .basic_ack(last_tag, BasicAckOptions { multiple: true })
                     .await?;
                 let flush = started.elapsed();
-                self.stats.batch_acked(size, flush);
+                self.stats.batch_acked(events, flush);
                 tracing::info!(
-                    batch.size = size,
+                    batch.size = events,
+                    batch.messages = deliveries.len(),
                     batch.target = target,
                     batch.pairs = tally.pairs,
                     batch.statements = tally.statements,
@@ -189,12 +262,13 @@ impl Settler<'_> {
                     duration_ms = flush.as_millis() as u64,
                     "batch written"
                 );
-                Ok(Settled::Acked { flush })
+                Ok(Settled::Acked { events, flush })
             }
             Err(error) => {
-                tracing::warn!(%error, batch.size = size, "batch failed; requeueing it");
-                // Parts already committed come back too; writing them again
-                // changes nothing, as every write is idempotent.
+                tracing::warn!(%error, batch.size = events, "batch failed; requeueing it");
+                // Parts already committed, and copies already dead-lettered,
+                // come back too; writing them again changes nothing, as every
+                // write is idempotent.
                 self.channel
                     .basic_nack(
                         last_tag,
@@ -210,33 +284,31 @@ impl Settler<'_> {
         }
     }
 
-    /// Writes `changes` (decoded from `deliveries`, index for index); when
-    /// the database refuses a slice for good, splits it in halves until the
-    /// refused messages stand alone, writes the rest and dead-letters those.
-    /// One statement when all is well.
+    /// Writes `changes`; when the database refuses a slice for good, splits
+    /// it in halves until the refused changes stand alone, and writes the
+    /// rest. One statement when all is well. Returns what was written and
+    /// the refused changes (by index) with the database's reason.
     async fn write_isolating(
         &self,
-        deliveries: &[&Delivery],
         changes: &[LikeChange],
-    ) -> Result<Tally, WriteError> {
+    ) -> Result<(Tally, Vec<(usize, DbError)>), WriteError> {
         let mut tally = Tally::default();
+        let mut refused = Vec::new();
         let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
         pending.push(0..changes.len());
         while let Some(range) = pending.pop() {
             if range.is_empty() {
                 continue;
             }
-            let changes = &changes[range.clone()];
-            match self.writer.write(changes, self.shutdown).await {
+            let slice = &changes[range.clone()];
+            match self.writer.write(slice, self.shutdown).await {
                 Ok(outcome) => {
                     self.stats
-                        .statement_committed(changes.len(), outcome.rows_changed);
+                        .statement_committed(slice.len(), outcome.rows_changed);
                     tally.add(&outcome);
                 }
                 Err(WriteError::Permanent(error)) if range.len() == 1 => {
-                    self.dead_letter(deliveries[range.start], &error.to_string())
-                        .await
-                        .map_err(WriteError::DeadLetter)?;
+                    refused.push((range.start, error));
                 }
                 Err(WriteError::Permanent(error)) => {
                     tracing::warn!(%error, slice.size = range.len(), "the database refuses part of a batch; splitting it");
@@ -247,53 +319,60 @@ impl Settler<'_> {
                 Err(error) => return Err(error),
             }
         }
-        Ok(tally)
+        Ok((tally, refused))
     }
 
-    /// Publishes a copy of `delivery` to the dead-letter queue with the
-    /// reason in the `x-likes-error` header and waits for the confirm; the
-    /// original is then settled by the batch's ack.
-    async fn dead_letter(&self, delivery: &Delivery, reason: &str) -> Result<(), lapin::Error> {
+    /// Dead-letters one event of `delivery`: the message itself when it
+    /// holds only that event, else the event alone.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        kind: Kind,
+        event: &LikeEvent,
+        reason: &str,
+    ) -> Result<(), PublishError> {
+        match kind {
+            Kind::Event => self.dead_letter_message(delivery, reason).await,
+            Kind::Envelope => {
+                let envelope = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str());
+                tracing::warn!(
+                    event.id = %event.event_id,
+                    envelope.id = ?envelope,
+                    %reason,
+                    "dead-lettering an event that can never be written"
+                );
+                dead_letters::dead_letter_event(
+                    self.channel,
+                    self.settings,
+                    event,
+                    envelope,
+                    reason,
+                )
+                .await?;
+                self.stats.dead_lettered_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `delivery` to the dead-letter queue with the reason and waits
+    /// for the confirm; the original is then settled by the batch's ack.
+    async fn dead_letter_message(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+    ) -> Result<(), PublishError> {
         tracing::warn!(
             delivery.tag = delivery.delivery_tag,
             message.id = ?delivery.properties.message_id(),
             %reason,
             "dead-lettering a message that can never be written"
         );
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            dead_letters::REASON_HEADER.into(),
-            AMQPValue::LongString(reason.into()),
-        );
-        headers.insert(
-            "x-likes-queue".into(),
-            AMQPValue::LongString(self.settings.queue.as_str().into()),
-        );
-        let properties = delivery
-            .properties
-            .clone()
-            .with_delivery_mode(2)
-            .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                self.settings.dead_letter_queue.as_str().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                properties,
-            )
-            .await?
-            .await?;
-        if !matches!(confirm, Confirmation::Ack(None)) {
-            return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
-                lapin::ChannelState::Error,
-                "dead-letter publish not confirmed",
-            )));
-        }
+        dead_letters::dead_letter_message(self.channel, self.settings, delivery, reason).await?;
         self.stats.dead_lettered_one();
         Ok(())
     }

@@ -6,6 +6,10 @@ pub enum WorkerError {
     /// The broker connection or channel failed; the caller may reconnect.
     #[error("RabbitMQ: {0}")]
     Broker(#[from] lapin::Error),
+    /// A message that can never be written could not be moved to the
+    /// dead-letter queue; the batch stays unacked and comes back.
+    #[error("cannot dead-letter a message: {0}")]
+    DeadLetter(#[from] likes_queue::PublishError),
     /// The broker ended the consumer (queue deleted, channel or connection closed).
     #[error("the broker ended the consumer")]
     ConsumerEnded,

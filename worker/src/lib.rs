@@ -8,16 +8,15 @@
 pub mod adaptive;
 pub mod batcher;
 pub mod consumer;
-pub mod dead_letters;
 pub mod error;
 pub mod event;
 pub mod stats;
 pub mod writer;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use error::WorkerError;
-use likes_common::{Settings, amqp};
+use likes_common::Settings;
+use likes_queue::backoff::Reconnect;
 use stats::WorkerStats;
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -60,24 +59,19 @@ impl Worker {
         let amqp_settings = &self.settings.amqp;
         // The first connection fails loudly: a wrong URL should stop startup.
         let mut session = Some(
-            amqp::connect(amqp_settings, "likes-worker")
+            likes_queue::connect(amqp_settings, "likes-worker")
                 .await
                 .with_context(|| format!("connecting to RabbitMQ at {}", amqp_settings.url))?,
         );
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
+        let mut backoff = Reconnect::new();
         likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
         loop {
             let connection = match session.take() {
                 Some(connection) => connection,
-                None => match amqp::connect(amqp_settings, "likes-worker").await {
+                None => match likes_queue::connect(amqp_settings, "likes-worker").await {
                     Ok(connection) => connection,
                     Err(error) => {
-                        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                        let delay = backoff.next_delay();
                         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -95,9 +89,9 @@ impl Worker {
                 }
                 Err(error) => {
                     if started.elapsed() > Duration::from_secs(10) {
-                        delays = backoff.build();
+                        backoff = Reconnect::new();
                     }
-                    let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                    let delay = backoff.next_delay();
                     metrics::counter!("likes_amqp_reconnects_total", "role" => "worker")
                         .increment(1);
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
@@ -124,7 +118,7 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         let channel = connection.create_channel().await?;
-        amqp::declare_topology(&channel, &self.settings.amqp).await?;
+        likes_queue::declare_topology(&channel, &self.settings.amqp).await?;
         let session = shutdown.child_token();
         let _stop_gauges = session.clone().drop_guard();
         tokio::spawn(report_queue_depth(
@@ -173,17 +167,8 @@ pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
 /// seconds, on a channel of its own, until `stop` is cancelled.
 async fn report_queue_depth(channel: lapin::Channel, queue: String, stop: CancellationToken) {
     loop {
-        let declared = channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions::durable().passive(),
-                lapin::types::FieldTable::default(),
-            )
-            .await;
-        match declared {
-            Ok(declared) => {
-                metrics::gauge!("likes_queue_depth").set(f64::from(declared.message_count()));
-            }
+        match likes_queue::queue_depth(&channel, &queue).await {
+            Ok(depth) => metrics::gauge!("likes_queue_depth").set(f64::from(depth)),
             Err(error) => {
                 tracing::debug!(%error, "reading the queue depth");
                 return;

@@ -25,9 +25,6 @@ pub enum WriteError {
     /// Fails the same way every time.
     #[error("permanent database error: {0}")]
     Permanent(DbError),
-    /// A refused message could not be moved to the dead-letter queue.
-    #[error("cannot dead-letter a refused message: {0}")]
-    DeadLetter(lapin::Error),
 }
 
 /// Writes batches through the pool.

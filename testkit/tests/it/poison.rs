@@ -1,6 +1,5 @@
 use crate::event;
 use diesel_async::RunQueryDsl;
-use lapin::{options::BasicGetOptions, types::AMQPValue};
 use likes_proto::pb::like_event::Action;
 use likes_testkit::{TestEnv, eventually, verify};
 use std::time::Duration;
@@ -95,24 +94,8 @@ async fn a_message_the_database_always_refuses_is_isolated_and_dead_lettered_wit
     assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
     assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
 
-    let message = channel
-        .basic_get(dead.as_str().into(), BasicGetOptions { no_ack: true })
-        .await?
-        .expect("one dead letter");
-    let headers = message
-        .delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
-    let reason = headers
-        .inner()
-        .get("x-likes-error")
-        .and_then(|v| match v {
-            AMQPValue::LongString(s) => Some(s.to_string()),
-            _ => None,
-        })
-        .unwrap_or_default();
+    let letters = env.dead_letters().await?;
+    let reason = letters[0].reason.clone().unwrap_or_default();
     assert!(
         reason.contains("refuse_poison"),
         "reason header: {reason:?}"

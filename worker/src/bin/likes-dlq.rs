@@ -7,9 +7,8 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lapin::options::ConfirmSelectOptions;
-use likes_common::{Settings, amqp, telemetry};
-use likes_worker::dead_letters;
+use likes_common::{Settings, telemetry};
+use likes_queue::dead_letters;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,14 +48,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::load().context("loading settings")?;
     telemetry::init(settings.log.format, "warn");
-    let connection = amqp::connect(&settings.amqp, "likes-dlq")
+    let connection = likes_queue::connect(&settings.amqp, "likes-dlq")
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", settings.amqp.url))?;
-    let channel = connection.create_channel().await?;
-    amqp::declare_topology(&channel, &settings.amqp).await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+    let channel = likes_queue::confirm_channel(&connection).await?;
+    likes_queue::declare_topology(&channel, &settings.amqp).await?;
     let queue = &settings.amqp.dead_letter_queue;
     match cli.command {
         Command::List { limit } => {

@@ -1,18 +1,18 @@
-//! The RabbitMQ side both binaries share: connecting and declaring the
-//! topology. Declaring is idempotent, so each binary does it at start and the
-//! order in which they start does not matter.
+//! Connecting to RabbitMQ and declaring the topology. Declaring is
+//! idempotent, so every process does it at start and the order in which they
+//! start does not matter.
 //!
-//! Topology: a durable event queue (default `likes.events`) whose dead letters
-//! go through the default exchange to a durable dead-letter queue (default
-//! `likes.dead`). Messages are published to the default exchange with the
-//! queue name as routing key, so no exchange needs declaring.
+//! Topology: a durable event queue (default `likes.events`) whose dead
+//! letters go through the default exchange to a durable dead-letter queue
+//! (default `likes.dead`). Messages are published to the default exchange
+//! with the queue name as routing key, so no exchange needs declaring.
 
-use crate::config::{AmqpSettings, QueueType, SecretUrl};
 use lapin::{
     Channel, Connection, ConnectionProperties,
-    options::QueueDeclareOptions,
+    options::{QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
+use likes_common::config::{AmqpSettings, QueueType, SecretUrl};
 
 /// Opens a connection named after its role and queue (`likes-api
 /// likes.events`), as shown in the management UI and `rabbitmqctl`.
@@ -79,6 +79,30 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lap
         )
         .await?;
     Ok(())
+}
+
+/// Deletes the event queue and the dead-letter queue with whatever they
+/// hold: for tests and benchmarks that made their own.
+pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
+    for queue in [&settings.queue, &settings.dead_letter_queue] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Messages ready in `queue` (not those delivered and unacked), by a passive
+/// declare: fails if the queue does not exist, and then closes `channel`.
+pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
 }
 
 /// The queue type, and for classic queues their storage version: version 2

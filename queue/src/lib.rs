@@ -1,0 +1,25 @@
+//! The RabbitMQ boundary of the likes service, both ends of the queue: the
+//! api publishes through it, the worker consumes and dead-letters through it,
+//! `likes-dlq` and the tests inspect through it. No other crate speaks AMQP
+//! on its own.
+//!
+//! - [`topology`]: connecting over the node list, declaring the queues,
+//!   reading a queue's depth.
+//! - [`codec`]: the two kinds of message on the event queue (one
+//!   `LikeEvent`, or a `LikeEventBatch` envelope of many), their properties
+//!   and the header names the service sets.
+//! - [`confirm`]: publishing one persistent message and waiting for the
+//!   broker's confirm.
+//! - [`dead_letters`]: moving what can never be written to the dead-letter
+//!   queue, and listing and replaying it.
+//! - [`backoff`]: the capped exponential backoff between reconnects.
+
+pub mod backoff;
+pub mod codec;
+pub mod confirm;
+pub mod dead_letters;
+pub mod topology;
+
+pub use confirm::{PublishError, confirm_channel, publish_confirmed};
+pub use lapin::{BasicProperties, Channel, Connection, message::Delivery};
+pub use topology::{connect, declare_topology, delete_topology, queue_depth};
