@@ -72,6 +72,11 @@ impl Application {
         })
     }
 
+    /// What the publisher got confirmed (messages and the events in them).
+    pub fn publish_stats(&self) -> Arc<publisher::PublishStats> {
+        self.publisher.stats()
+    }
+
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

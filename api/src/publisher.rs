@@ -35,7 +35,10 @@ use likes_queue::{
     Channel, Connection, PublishError, backoff::Reconnect, codec, publish_confirmed,
 };
 use std::{
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -77,12 +80,40 @@ struct Pending {
     answer: oneshot::Sender<Answer>,
 }
 
+/// What the publisher got confirmed since it started: for whoever holds the
+/// api (tests, the load test); the same counts are Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    messages: AtomicU64,
+    events: AtomicU64,
+}
+
+impl PublishStats {
+    /// Broker messages confirmed.
+    pub fn messages(&self) -> u64 {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Events in confirmed messages.
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+
+    fn confirmed(&self, events: usize) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+        metrics::counter!("likes_publish_messages_total").increment(1);
+        metrics::counter!("likes_publish_events_total").increment(events as u64);
+    }
+}
+
 /// The api's link to RabbitMQ, kept up by a supervisor task.
 #[derive(Debug)]
 pub struct Publisher {
     link: RwLock<Option<Arc<Link>>>,
     broken: Arc<Notify>,
     connected: watch::Sender<bool>,
+    stats: Arc<PublishStats>,
 }
 
 impl Publisher {
@@ -94,15 +125,22 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, PublishError> {
         let broken = Arc::new(Notify::new());
-        let link = Link::open(&settings, packing, &broken).await?;
+        let stats = Arc::new(PublishStats::default());
+        let link = Link::open(&settings, packing, &broken, &stats).await?;
         let publisher = Arc::new(Self {
             link: RwLock::new(Some(Arc::new(link))),
             broken,
             connected: watch::Sender::new(true),
+            stats,
         });
         metrics::gauge!("likes_amqp_connected", "role" => "api").set(1.0);
         tokio::spawn(Arc::clone(&publisher).supervise(settings, packing, shutdown));
         Ok(publisher)
+    }
+
+    /// What was confirmed so far.
+    pub fn stats(&self) -> Arc<PublishStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Follows the connection state: `true` while publishing can succeed.
@@ -172,7 +210,7 @@ impl Publisher {
             }
             let mut backoff = Reconnect::new();
             loop {
-                match Link::open(&settings, packing, &self.broken).await {
+                match Link::open(&settings, packing, &self.broken, &self.stats).await {
                     Ok(link) => {
                         self.replace(Some(Arc::new(link)));
                         metrics::counter!("likes_amqp_reconnects_total", "role" => "api")
@@ -217,6 +255,7 @@ impl Link {
         settings: &AmqpSettings,
         packing: Packing,
         broken: &Arc<Notify>,
+        stats: &Arc<PublishStats>,
     ) -> Result<Self, PublishError> {
         let connection = likes_queue::connect(settings, "likes-api").await?;
         let mut channels = Vec::with_capacity(packing.channels);
@@ -230,9 +269,12 @@ impl Link {
             queue: settings.queue.clone(),
             broken: Arc::clone(broken),
         };
-        tokio::spawn(pack(waiting, packing, move |lane, events| {
-            sink.publish(lane, events)
-        }));
+        tokio::spawn(pack(
+            waiting,
+            packing,
+            Arc::clone(stats),
+            move |lane, events| sink.publish(lane, events),
+        ));
         Ok(Self {
             connection,
             channels,
@@ -283,8 +325,12 @@ impl BrokerSink {
 /// `publish(lane, events)` (whose future resolves with the broker's
 /// confirm), and answers every caller of a message with its outcome. Ends
 /// when every sender is gone and every message is answered.
-async fn pack<F>(mut waiting: mpsc::UnboundedReceiver<Pending>, packing: Packing, mut publish: F)
-where
+async fn pack<F>(
+    mut waiting: mpsc::UnboundedReceiver<Pending>,
+    packing: Packing,
+    stats: Arc<PublishStats>,
+    mut publish: F,
+) where
     F: FnMut(usize, Vec<LikeEvent>) -> BoxFuture<'static, Answer>,
 {
     let per_lane = packing.unconfirmed_per_channel.max(1);
@@ -318,12 +364,13 @@ where
                 let timeout = packing.confirm_timeout;
                 let started = Instant::now();
                 let count = answers.len();
+                let stats = Arc::clone(&stats);
                 in_flight.push(async move {
                     let outcome = match tokio::time::timeout(timeout, confirmed).await {
                         Ok(outcome) => outcome,
                         Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
                     };
-                    record(&outcome, count, started.elapsed());
+                    record(&outcome, count, started.elapsed(), &stats);
                     (lane, answers, outcome)
                 });
             }
@@ -384,7 +431,7 @@ fn answer_all(answers: Vec<oneshot::Sender<Answer>>, outcome: &Answer) {
 /// `likes_publish_confirm_seconds{outcome}` per message, and on a confirm
 /// `likes_publish_messages_total` and `likes_publish_events_total`, whose
 /// ratio is the mean number of likes per broker message.
-fn record(outcome: &Answer, events: usize, waited: Duration) {
+fn record(outcome: &Answer, events: usize, waited: Duration, stats: &PublishStats) {
     let label = if outcome.is_ok() {
         "confirmed"
     } else {
@@ -393,8 +440,7 @@ fn record(outcome: &Answer, events: usize, waited: Duration) {
     metrics::histogram!("likes_publish_confirm_seconds", "outcome" => label)
         .record(waited.as_secs_f64());
     if outcome.is_ok() {
-        metrics::counter!("likes_publish_messages_total").increment(1);
-        metrics::counter!("likes_publish_events_total").increment(events as u64);
+        stats.confirmed(events);
     }
 }
 
@@ -464,7 +510,7 @@ mod tests {
     fn start(packing: Packing) -> (Arc<Broker>, mpsc::UnboundedSender<Pending>) {
         let broker = Arc::new(Broker::default());
         let (events, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(pack(waiting, packing, broker.sink()));
+        tokio::spawn(pack(waiting, packing, Arc::default(), broker.sink()));
         (broker, events)
     }
 
@@ -633,7 +679,8 @@ mod tests {
     async fn the_packer_ends_once_its_senders_are_gone_and_every_caller_is_answered() {
         let broker = Arc::new(Broker::default());
         let (events, waiting) = mpsc::unbounded_channel();
-        let packer = tokio::spawn(pack(waiting, packing(), broker.sink()));
+        let stats = Arc::new(PublishStats::default());
+        let packer = tokio::spawn(pack(waiting, packing(), Arc::clone(&stats), broker.sink()));
         let answered = send(&events, 0);
         drop(events);
         settle().await;
@@ -641,5 +688,6 @@ mod tests {
         broker.confirm_next(Ok(()));
         assert!(answered.await.expect("answered").is_ok());
         packer.await.expect("the packer ends cleanly");
+        assert_eq!((stats.messages(), stats.events()), (1, 1));
     }
 }

@@ -92,6 +92,7 @@ fn mark(headers: &mut FieldTable, settings: &AmqpSettings, reason: &str) {
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub message_id: Option<String>,
+    pub content_type: Option<String>,
     pub reason: Option<String>,
     pub replays: u32,
     pub body_len: usize,
@@ -236,6 +237,7 @@ fn describe(message: &BasicGetMessage) -> DeadLetter {
     };
     DeadLetter {
         message_id: properties.message_id().as_ref().map(|s| s.to_string()),
+        content_type: properties.content_type().as_ref().map(|s| s.to_string()),
         reason: header(REASON_HEADER),
         replays: header(REPLAYS_HEADER)
             .and_then(|v| v.parse().ok())

@@ -13,6 +13,8 @@ use tonic::transport::Channel;
 pub struct RunningApi {
     pub addr: SocketAddr,
     pub client: LikeServiceClient<Channel>,
+    /// Broker messages and events the api got confirmed.
+    pub publish_stats: Arc<likes_api::publisher::PublishStats>,
     shutdown: CancellationToken,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -37,12 +39,14 @@ impl RunningApi {
         let listener = tokio::net::TcpListener::bind(settings.api.listen).await?;
         let app = likes_api::Application::build(settings, listener).await?;
         let addr = app.local_addr();
+        let publish_stats = app.publish_stats();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         let client = LikeServiceClient::connect(format!("http://{addr}")).await?;
         Ok(Self {
             addr,
             client,
+            publish_stats,
             shutdown,
             task: Some(task),
         })

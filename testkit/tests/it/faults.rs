@@ -199,6 +199,30 @@ async fn a_broker_that_stops_confirming_gets_unavailable_within_the_deadline() -
         "took {:?}",
         started.elapsed()
     );
+    // Many callers at once share the stalled messages: every one of them
+    // gets UNAVAILABLE within the confirm timeout, none OK.
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..100)
+        .map(|i| {
+            let client = api.client.clone();
+            tokio::spawn(async move {
+                let request = LikeRequest {
+                    post_id: "p".into(),
+                    user_id: format!("stalled-{i}"),
+                };
+                client.clone().like(request).await.map(|_| ())
+            })
+        })
+        .collect();
+    for call in calls {
+        let status = call.await?.expect_err("no confirm, no OK");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A caller's own, shorter deadline is honoured too.
     let started = tokio::time::Instant::now();

@@ -2,6 +2,7 @@
 //! PostgreSQL on localhost, each test with its own database and queues.
 
 mod adaptive;
+mod envelopes;
 mod faults;
 mod grpcurl;
 mod ordering;
