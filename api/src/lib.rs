@@ -53,7 +53,7 @@ impl Application {
         let publisher_stop = CancellationToken::new();
         let publisher = Publisher::start(
             settings.amqp.clone(),
-            Packing::from_settings(&settings.api),
+            Packing::from_settings(&settings.api, &settings.amqp),
             publisher_stop.clone(),
         )
         .await

@@ -35,6 +35,7 @@ use likes_queue::{
     Channel, Connection, PublishError, backoff::Reconnect, codec, publish_confirmed,
 };
 use std::{
+    collections::VecDeque,
     sync::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
@@ -52,6 +53,8 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone, Copy)]
 pub struct Packing {
     pub channels: usize,
+    /// Event queues (`amqp.shards`): a message holds the events of one.
+    pub shards: u16,
     pub unconfirmed_per_channel: usize,
     pub max_events: usize,
     pub max_bytes: usize,
@@ -59,9 +62,10 @@ pub struct Packing {
 }
 
 impl Packing {
-    pub fn from_settings(settings: &ApiSettings) -> Self {
+    pub fn from_settings(settings: &ApiSettings, amqp: &AmqpSettings) -> Self {
         Self {
             channels: settings.publish_channels,
+            shards: amqp.shards,
             unconfirmed_per_channel: settings.unconfirmed_per_channel,
             max_events: settings.max_events_per_message,
             max_bytes: settings.max_message_bytes,
@@ -262,18 +266,18 @@ impl Link {
         for _ in 0..packing.channels {
             channels.push(likes_queue::confirm_channel(&connection).await?);
         }
-        likes_queue::declare_topology(&channels[0], settings).await?;
+        likes_queue::declare_topology(&connection, settings).await?;
         let (events, waiting) = mpsc::unbounded_channel();
         let sink = BrokerSink {
             channels: channels.clone(),
-            queue: settings.queue.clone(),
+            queues: likes_queue::event_queues(settings),
             broken: Arc::clone(broken),
         };
         tokio::spawn(pack(
             waiting,
             packing,
             Arc::clone(stats),
-            move |lane, events| sink.publish(lane, events),
+            move |lane, shard, events| sink.publish(lane, shard, events),
         ));
         Ok(Self {
             connection,
@@ -299,14 +303,20 @@ impl Link {
 /// Publishes envelopes on the link's channels.
 struct BrokerSink {
     channels: Vec<Channel>,
-    queue: String,
+    /// The event queue of each shard.
+    queues: Vec<String>,
     broken: Arc<Notify>,
 }
 
 impl BrokerSink {
-    fn publish(&self, lane: usize, events: Vec<LikeEvent>) -> BoxFuture<'static, Answer> {
+    fn publish(
+        &self,
+        lane: usize,
+        shard: u16,
+        events: Vec<LikeEvent>,
+    ) -> BoxFuture<'static, Answer> {
         let channel = self.channels[lane].clone();
-        let queue = self.queue.clone();
+        let queue = self.queues[usize::from(shard)].clone();
         let broken = Arc::clone(&self.broken);
         let body = codec::encode_envelope(&events);
         let properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string());
@@ -321,104 +331,125 @@ impl BrokerSink {
     }
 }
 
-/// The packer: takes waiting events from `waiting`, publishes them through
-/// `publish(lane, events)` (whose future resolves with the broker's
-/// confirm), and answers every caller of a message with its outcome. Ends
-/// when every sender is gone and every message is answered.
+/// The packer: takes waiting events from `waiting`, sorts them by shard,
+/// publishes each shard's through `publish(lane, shard, events)` (whose
+/// future resolves with the broker's confirm) while a lane (a slot on a
+/// channel) is free, and answers every caller of a message with its
+/// outcome. A message holds the events of one shard; shards take turns for
+/// free lanes, so a hot shard does not starve the others. Ends when every
+/// sender is gone and every message is answered.
 async fn pack<F>(
     mut waiting: mpsc::UnboundedReceiver<Pending>,
     packing: Packing,
     stats: Arc<PublishStats>,
     mut publish: F,
 ) where
-    F: FnMut(usize, Vec<LikeEvent>) -> BoxFuture<'static, Answer>,
+    F: FnMut(usize, u16, Vec<LikeEvent>) -> BoxFuture<'static, Answer>,
 {
     let per_lane = packing.unconfirmed_per_channel.max(1);
     let mut unconfirmed = vec![0_usize; packing.channels.max(1)];
     let mut in_flight = FuturesUnordered::new();
-    // An event that did not fit in the previous message starts the next one.
-    let mut carried: Option<Pending> = None;
+    let shards = packing.shards.max(1);
+    let mut buffers = Buffers::new(shards);
     let mut open = true;
     loop {
-        let lane = (0..unconfirmed.len())
+        while let Ok(pending) = waiting.try_recv() {
+            buffers.push(pending);
+        }
+        while let Some(lane) = (0..unconfirmed.len())
             .filter(|&lane| unconfirmed[lane] < per_lane)
-            .min_by_key(|&lane| unconfirmed[lane]);
+            .min_by_key(|&lane| unconfirmed[lane])
+        {
+            let Some((shard, events, answers)) = buffers.next_message(&packing) else {
+                break;
+            };
+            unconfirmed[lane] += 1;
+            let confirmed = publish(lane, shard, events);
+            let timeout = packing.confirm_timeout;
+            let started = Instant::now();
+            let count = answers.len();
+            let stats = Arc::clone(&stats);
+            in_flight.push(async move {
+                let outcome = match tokio::time::timeout(timeout, confirmed).await {
+                    Ok(outcome) => outcome,
+                    Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
+                };
+                record(&outcome, count, started.elapsed(), &stats);
+                (lane, answers, outcome)
+            });
+        }
         tokio::select! {
             biased;
             Some((lane, answers, outcome)) = in_flight.next() => {
                 unconfirmed[lane] -= 1;
                 answer_all(answers, &outcome);
             }
-            first = next_pending(&mut carried, &mut waiting), if open && lane.is_some() => {
-                let Some(first) = first else {
-                    open = false;
-                    continue;
-                };
-                let lane = lane.expect("the branch runs only with a free lane");
-                let (events, answers) = collect(first, &mut waiting, &mut carried, &packing);
-                if events.is_empty() {
-                    continue;
-                }
-                unconfirmed[lane] += 1;
-                let confirmed = publish(lane, events);
-                let timeout = packing.confirm_timeout;
-                let started = Instant::now();
-                let count = answers.len();
-                let stats = Arc::clone(&stats);
-                in_flight.push(async move {
-                    let outcome = match tokio::time::timeout(timeout, confirmed).await {
-                        Ok(outcome) => outcome,
-                        Err(_elapsed) => Err(PublishError::ConfirmTimeout(timeout)),
-                    };
-                    record(&outcome, count, started.elapsed(), &stats);
-                    (lane, answers, outcome)
-                });
-            }
+            pending = waiting.recv(), if open => match pending {
+                Some(pending) => buffers.push(pending),
+                None => open = false,
+            },
             else => break,
         }
     }
 }
 
-async fn next_pending(
-    carried: &mut Option<Pending>,
-    waiting: &mut mpsc::UnboundedReceiver<Pending>,
-) -> Option<Pending> {
-    match carried.take() {
-        Some(pending) => Some(pending),
-        None => waiting.recv().await,
-    }
+/// Events waiting for a message, shard by shard, in arrival order.
+struct Buffers {
+    shards: Vec<VecDeque<Pending>>,
+    /// The shard whose turn it is to fill the next free lane.
+    turn: usize,
 }
 
-/// `first` and whatever else is waiting, within the bounds; callers that
-/// already gave up are left out. An event past the byte bound is carried
-/// to the next message.
-fn collect(
-    first: Pending,
-    waiting: &mut mpsc::UnboundedReceiver<Pending>,
-    carried: &mut Option<Pending>,
-    packing: &Packing,
-) -> (Vec<LikeEvent>, Vec<oneshot::Sender<Answer>>) {
-    let mut events = Vec::new();
-    let mut answers = Vec::new();
-    let mut bytes = 0;
-    let mut next = Some(first);
-    while let Some(pending) = next.take().or_else(|| waiting.try_recv().ok()) {
-        if pending.answer.is_closed() {
-            continue;
-        }
-        let len = codec::event_len_in_envelope(&pending.event);
-        if !events.is_empty() && bytes + len > packing.max_bytes {
-            *carried = Some(pending);
-            break;
-        }
-        bytes += len;
-        events.push(pending.event);
-        answers.push(pending.answer);
-        if events.len() >= packing.max_events {
-            break;
+impl Buffers {
+    fn new(shards: u16) -> Self {
+        Self {
+            shards: (0..shards).map(|_| VecDeque::new()).collect(),
+            turn: 0,
         }
     }
-    (events, answers)
+
+    fn push(&mut self, pending: Pending) {
+        let shards = u16::try_from(self.shards.len()).expect("at most u16::MAX shards");
+        let shard = likes_queue::shard_of(&pending.event.post_id, shards);
+        self.shards[usize::from(shard)].push_back(pending);
+    }
+
+    /// The next message: the events at the front of the next shard that has
+    /// any, within the bounds; callers that already gave up are left out.
+    fn next_message(
+        &mut self,
+        packing: &Packing,
+    ) -> Option<(u16, Vec<LikeEvent>, Vec<oneshot::Sender<Answer>>)> {
+        for _ in 0..self.shards.len() {
+            let shard = self.turn;
+            self.turn = (self.turn + 1) % self.shards.len();
+            let buffer = &mut self.shards[shard];
+            let mut events = Vec::new();
+            let mut answers = Vec::new();
+            let mut bytes = 0;
+            while let Some(pending) = buffer.pop_front() {
+                if pending.answer.is_closed() {
+                    continue;
+                }
+                let len = codec::event_len_in_envelope(&pending.event);
+                if !events.is_empty() && bytes + len > packing.max_bytes {
+                    buffer.push_front(pending);
+                    break;
+                }
+                bytes += len;
+                events.push(pending.event);
+                answers.push(pending.answer);
+                if events.len() >= packing.max_events {
+                    break;
+                }
+            }
+            if !events.is_empty() {
+                let shard = u16::try_from(shard).expect("at most u16::MAX shards");
+                return Some((shard, events, answers));
+            }
+        }
+        None
+    }
 }
 
 fn answer_all(answers: Vec<oneshot::Sender<Answer>>, outcome: &Answer) {
@@ -453,22 +484,22 @@ mod tests {
     /// a test resolves by hand.
     #[derive(Default)]
     struct Broker {
-        published: Mutex<Vec<(usize, Vec<String>)>>,
+        published: Mutex<Vec<(usize, u16, Vec<String>)>>,
         confirms: Mutex<Vec<oneshot::Sender<Answer>>>,
     }
 
     impl Broker {
         fn sink(
             self: &Arc<Self>,
-        ) -> impl FnMut(usize, Vec<LikeEvent>) -> BoxFuture<'static, Answer> + use<> {
+        ) -> impl FnMut(usize, u16, Vec<LikeEvent>) -> BoxFuture<'static, Answer> + use<> {
             let broker = Arc::clone(self);
-            move |lane, events| {
+            move |lane, shard, events| {
                 let ids = events.into_iter().map(|e| e.event_id).collect();
                 broker
                     .published
                     .lock()
                     .expect("test lock")
-                    .push((lane, ids));
+                    .push((lane, shard, ids));
                 let (confirm, confirmed) = oneshot::channel();
                 broker.confirms.lock().expect("test lock").push(confirm);
                 async move { confirmed.await.unwrap_or(Err(PublishError::NotConnected)) }.boxed()
@@ -477,7 +508,7 @@ mod tests {
 
         fn sizes(&self) -> Vec<usize> {
             let published = self.published.lock().expect("test lock");
-            published.iter().map(|(_, ids)| ids.len()).collect()
+            published.iter().map(|(_, _, ids)| ids.len()).collect()
         }
 
         /// Confirms (or fails) the oldest unconfirmed message.
@@ -490,6 +521,7 @@ mod tests {
     fn packing() -> Packing {
         Packing {
             channels: 1,
+            shards: 1,
             unconfirmed_per_channel: 1,
             max_events: 256,
             max_bytes: 128 * 1024,
@@ -616,7 +648,7 @@ mod tests {
             settle().await;
         }
         let published = broker.published.lock().expect("test lock").clone();
-        let lanes: Vec<usize> = published.iter().map(|(lane, _)| *lane).collect();
+        let lanes: Vec<usize> = published.iter().map(|(lane, _, _)| *lane).collect();
         assert_eq!(lanes.len(), 4, "two unconfirmed on each of two channels");
         assert_eq!(
             lanes.iter().filter(|&&lane| lane == 0).count(),
@@ -660,6 +692,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_message_holds_the_events_of_one_shard_and_shards_take_turns() {
+        let sharded = Packing {
+            shards: 4,
+            ..packing()
+        };
+        let (broker, events) = start(sharded);
+        let send_post = |n: usize, post: &str| {
+            let (answer, answered) = oneshot::channel();
+            let mut event = event(n);
+            event.post_id = post.into();
+            events
+                .send(Pending { event, answer })
+                .expect("packer running");
+            answered
+        };
+        let mut answers = vec![send_post(0, "warm")];
+        settle().await;
+        let posts: Vec<String> = (1..=40).map(|i| format!("post-{i}")).collect();
+        for (i, post) in posts.iter().enumerate() {
+            answers.push(send_post(i + 1, post));
+        }
+        settle().await;
+        for _ in 0..5 {
+            broker.confirm_next(Ok(()));
+            settle().await;
+        }
+        let published = broker.published.lock().expect("test lock").clone();
+        let shards: Vec<u16> = published[1..].iter().map(|(_, shard, _)| *shard).collect();
+        let mut each = shards.clone();
+        each.sort_unstable();
+        assert_eq!(
+            each,
+            vec![0, 1, 2, 3],
+            "one message per shard, in turn: {shards:?}"
+        );
+        for (_, shard, ids) in &published[1..] {
+            for id in ids {
+                let n: usize = id[1..].parse().expect("e<n>");
+                let post = &posts[n - 1];
+                assert_eq!(likes_queue::shard_of(post, 4), *shard, "{post}");
+            }
+        }
+        let packed: usize = published[1..].iter().map(|(_, _, ids)| ids.len()).sum();
+        assert_eq!(packed, 40);
+        drop(answers);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn callers_that_gave_up_are_left_out_of_the_next_message() {
         let (broker, events) = start(packing());
         let _first = send(&events, 0);
@@ -671,7 +751,7 @@ mod tests {
         broker.confirm_next(Ok(()));
         settle().await;
         let published = broker.published.lock().expect("test lock").clone();
-        assert_eq!(published[1].1, vec!["e1".to_owned()]);
+        assert_eq!(published[1].2, vec!["e1".to_owned()]);
         drop(kept);
     }
 

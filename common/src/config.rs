@@ -28,9 +28,11 @@
 //! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
 //! | `LIKES__AMQP__CLASSIC_QUEUE_VERSION` | `2` (classic queues only) |
 //! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
+//! | `LIKES__AMQP__SHARDS` | `1` |
 //! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
 //! | `LIKES__DATABASE__POOL_SIZE` | `8` |
 //! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
+//! | `LIKES__WORKER__SHARDS` | empty (every shard) |
 //! | `LIKES__WORKER__BATCH_SIZE` | `500` (adaptive mode: the largest batch) |
 //! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
 //! | `LIKES__WORKER__BATCH_MODE` | `fixed` (or `adaptive`) |
@@ -108,6 +110,9 @@ pub struct AmqpSettings {
     /// `x-queue-version` of classic queues (1 or 2); unused for quorum ones.
     pub classic_queue_version: u8,
     pub delivery_limit: u32,
+    /// Event queues the likes are spread over by post id (1: one queue
+    /// named `queue`; K > 1: `queue.0` … `queue.K-1`).
+    pub shards: u16,
 }
 
 /// RabbitMQ queue type of the event queue.
@@ -137,6 +142,8 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub metrics_listen: String,
+    /// Shards this worker consumes: empty for all, else e.g. `0,2`.
+    pub shards: String,
     /// Events per batch; in adaptive mode, the largest batch.
     pub batch_size: usize,
     pub batch_max_wait_ms: u64,
@@ -273,10 +280,54 @@ impl Settings {
         if !(1..=2).contains(&self.amqp.classic_queue_version) {
             return Err(invalid("amqp.classic_queue_version", "must be 1 or 2"));
         }
+        if self.amqp.shards == 0 || self.amqp.shards > MAX_SHARDS {
+            return Err(invalid(
+                "amqp.shards",
+                format!("must be between 1 and {MAX_SHARDS}"),
+            ));
+        }
+        self.consumed_shards()?;
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
         Ok(())
+    }
+}
+
+/// Most shards a deployment may have.
+pub const MAX_SHARDS: u16 = 256;
+
+impl Settings {
+    /// The shards this worker consumes, from `worker.shards`: every shard
+    /// when it is empty.
+    pub fn consumed_shards(&self) -> Result<Vec<u16>, ConfigError> {
+        let all = self.amqp.shards;
+        let listed = self.worker.shards.trim();
+        if listed.is_empty() {
+            return Ok((0..all).collect());
+        }
+        let mut shards = Vec::new();
+        for item in listed.split(',') {
+            let shard: u16 = item.trim().parse().map_err(|_| {
+                invalid(
+                    "worker.shards",
+                    format!("{item:?} is not a shard number (a comma-separated list such as 0,2)"),
+                )
+            })?;
+            if shard >= all {
+                return Err(invalid(
+                    "worker.shards",
+                    format!(
+                        "shard {shard} does not exist: amqp.shards is {all} (shards 0 to {})",
+                        all - 1
+                    ),
+                ));
+            }
+            if !shards.contains(&shard) {
+                shards.push(shard);
+            }
+        }
+        Ok(shards)
     }
 }
 
@@ -472,6 +523,25 @@ mod tests {
         assert_eq!(s.api.listen.port(), 6000);
         assert_eq!(s.log.format, LogFormat::Json);
         assert_eq!(s.amqp.dead_letter_queue, "likes.dead");
+    }
+
+    #[test]
+    fn a_worker_consumes_every_shard_or_the_listed_ones() {
+        let mut s = Settings::defaults();
+        assert_eq!(s.consumed_shards().expect("default"), vec![0]);
+        s.amqp.shards = 4;
+        assert_eq!(s.consumed_shards().expect("all"), vec![0, 1, 2, 3]);
+        s.worker.shards = " 2, 0,2".into();
+        assert_eq!(s.consumed_shards().expect("listed"), vec![2, 0]);
+        s.worker.shards = "4".into();
+        let err = s.validate().expect_err("shard 4 of 4");
+        assert!(err.to_string().contains("worker.shards"), "{err}");
+        s.worker.shards = "one".into();
+        assert!(s.validate().is_err());
+        s.worker.shards.clear();
+        s.amqp.shards = 0;
+        let err = s.validate().expect_err("no shard");
+        assert!(err.to_string().contains("amqp.shards"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub enum PublishError {
     Nacked,
     #[error("the broker could not route the message to queue {0}")]
     Unroutable(String),
+    #[error(transparent)]
+    Topology(#[from] std::sync::Arc<crate::TopologyError>),
+}
+
+impl From<crate::TopologyError> for PublishError {
+    fn from(error: crate::TopologyError) -> Self {
+        Self::Topology(std::sync::Arc::new(error))
+    }
 }
 
 impl PublishError {
@@ -35,7 +43,7 @@ impl PublishError {
             Self::NotConnected | Self::Broker(_) => "message broker unreachable",
             Self::ConfirmTimeout(_) => "message broker did not confirm in time",
             Self::Nacked => "message broker refused the message",
-            Self::Unroutable(_) => "event queue missing",
+            Self::Unroutable(_) | Self::Topology(_) => "event queue missing",
         }
     }
 }

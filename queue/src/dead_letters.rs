@@ -29,16 +29,17 @@ use likes_common::config::AmqpSettings;
 use likes_proto::pb::{LikeEvent, like_event};
 use prost::Message;
 
-/// Copies a whole message to the dead-letter queue, with `reason`, and waits
-/// for the confirm; the caller then settles the original.
+/// Copies a whole message taken from `queue` to the dead-letter queue, with
+/// `reason`, and waits for the confirm; the caller then settles the original.
 pub async fn dead_letter_message(
     channel: &Channel,
     settings: &AmqpSettings,
+    queue: &str,
     delivery: &Delivery,
     reason: &str,
 ) -> Result<(), PublishError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    mark(&mut headers, settings, reason);
+    mark(&mut headers, queue, reason);
     let properties = delivery
         .properties
         .clone()
@@ -53,17 +54,19 @@ pub async fn dead_letter_message(
     .await
 }
 
-/// Publishes `event` alone to the dead-letter queue as a single-event
-/// message, with `reason` and, when it came in one, the envelope's id.
+/// Publishes `event`, taken from `queue`, alone to the dead-letter queue as
+/// a single-event message, with `reason` and, when it came in one, the
+/// envelope's id.
 pub async fn dead_letter_event(
     channel: &Channel,
     settings: &AmqpSettings,
+    queue: &str,
     event: &LikeEvent,
     envelope_id: Option<&str>,
     reason: &str,
 ) -> Result<(), PublishError> {
     let mut headers = FieldTable::default();
-    mark(&mut headers, settings, reason);
+    mark(&mut headers, queue, reason);
     if let Some(envelope_id) = envelope_id {
         headers.insert(
             ENVELOPE_HEADER.into(),
@@ -80,12 +83,9 @@ pub async fn dead_letter_event(
     .await
 }
 
-fn mark(headers: &mut FieldTable, settings: &AmqpSettings, reason: &str) {
+fn mark(headers: &mut FieldTable, queue: &str, reason: &str) {
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
-    headers.insert(
-        QUEUE_HEADER.into(),
-        AMQPValue::LongString(settings.queue.as_str().into()),
-    );
+    headers.insert(QUEUE_HEADER.into(), AMQPValue::LongString(queue.into()));
 }
 
 /// One dead letter, as shown to an operator.
@@ -133,9 +133,10 @@ pub async fn list(
 }
 
 /// Moves dead letters back to the event queue: those whose message id is
-/// `only` (or all when `None`), at most `limit`. Each copy carries its
-/// replay count; the original is acked only after the broker confirmed the
-/// copy.
+/// `only` (or all when `None`), at most `limit`. Each goes to the shard it
+/// came from (its [`QUEUE_HEADER`]) while that is one of today's shards,
+/// else to its post's shard. Each copy carries its replay count; the
+/// original is acked only after the broker confirmed the copy.
 pub async fn replay(
     channel: &Channel,
     settings: &AmqpSettings,
@@ -176,8 +177,8 @@ pub async fn replay(
             .clone()
             .with_delivery_mode(2)
             .with_headers(headers);
-        match publish_confirmed(channel, &settings.queue, &message.delivery.data, properties).await
-        {
+        let queue = replay_queue(settings, &message.delivery);
+        match publish_confirmed(channel, &queue, &message.delivery.data, properties).await {
             Ok(()) => {
                 channel
                     .basic_ack(tag, BasicAckOptions { multiple: false })
@@ -195,6 +196,24 @@ pub async fn replay(
         requeue_through(channel, tag).await?;
     }
     Ok(outcome)
+}
+
+/// Where a dead letter goes back to.
+fn replay_queue(settings: &AmqpSettings, delivery: &Delivery) -> String {
+    let shards = crate::event_queues(settings);
+    let from = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(QUEUE_HEADER).map(render));
+    if let Some(from) = from.filter(|from| shards.contains(from)) {
+        return from;
+    }
+    let shard = codec::decode(&delivery.properties, &delivery.data)
+        .ok()
+        .and_then(|decoded| decoded.events.first().cloned())
+        .map_or(0, |event| crate::shard_of(&event.post_id, settings.shards));
+    crate::shard_queue(settings, shard)
 }
 
 async fn get(channel: &Channel, queue: &str) -> lapin::Result<Option<BasicGetMessage>> {

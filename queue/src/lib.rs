@@ -3,8 +3,8 @@
 //! `likes-dlq` and the tests inspect through it. No other crate speaks AMQP
 //! on its own.
 //!
-//! - [`topology`]: connecting over the node list, declaring the queues,
-//!   reading a queue's depth.
+//! - [`topology`]: connecting over the node list, declaring the queues
+//!   (one per shard), routing a post to its shard, reading a queue's depth.
 //! - [`codec`]: the two kinds of message on the event queue (one
 //!   `LikeEvent`, or a `LikeEventBatch` envelope of many), their properties
 //!   and the header names the service sets.
@@ -22,4 +22,7 @@ pub mod topology;
 
 pub use confirm::{PublishError, confirm_channel, publish_confirmed};
 pub use lapin::{BasicProperties, Channel, Connection, message::Delivery};
-pub use topology::{connect, declare_topology, delete_topology, queue_depth};
+pub use topology::{
+    TopologyError, connect, declare_topology, delete_topology, event_queues, queue_depth, shard_of,
+    shard_queue,
+};

@@ -2,10 +2,20 @@
 //! idempotent, so every process does it at start and the order in which they
 //! start does not matter.
 //!
-//! Topology: a durable event queue (default `likes.events`) whose dead
-//! letters go through the default exchange to a durable dead-letter queue
-//! (default `likes.dead`). Messages are published to the default exchange
-//! with the queue name as routing key, so no exchange needs declaring.
+//! Topology: durable event queues whose dead letters go through the default
+//! exchange to one durable dead-letter queue (default `likes.dead`). With
+//! `amqp.shards = 1` there is one event queue, named `amqp.queue` (default
+//! `likes.events`); with K shards there are K, `<queue>.0` … `<queue>.K-1`,
+//! and a like goes to the shard of its post id ([`shard_of`]), so one post's
+//! likes share a queue. Each shard queue has a single active consumer
+//! (`x-single-active-consumer`): one worker at a time writes a shard's posts,
+//! so a hot post's counter row is not fought over, and the other workers
+//! consuming it wait as hot standbys. Quorum shard queues place their leaders
+//! with `x-queue-leader-locator = balanced`, spreading them over the nodes.
+//!
+//! Messages are published to the default exchange with the queue name as
+//! routing key, so no exchange needs declaring, and no broker plugin (the
+//! consistent-hash exchange would need one) is involved.
 
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -45,10 +55,60 @@ pub fn node_urls(urls: &str) -> impl Iterator<Item = &str> {
     urls.split(',').map(str::trim).filter(|url| !url.is_empty())
 }
 
-/// Declares the dead-letter queue, then the event queue that dead-letters into
-/// it. Redeclaring with the same arguments is harmless; with different ones
-/// the broker refuses (PRECONDITION_FAILED), which is reported, not hidden.
-pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
+/// Why the topology could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("RabbitMQ refused the topology: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error(
+        "amqp.shards is {shards}, but queue {found} of another shard layout exists; \
+         changing the number of shards needs the drain-and-switch steps of the README \
+         (stop the apis, let the workers drain the old queues, delete them, restart everything \
+         with the new amqp.shards)"
+    )]
+    ShardsChanged { shards: u16, found: String },
+}
+
+/// The event queues, shard by shard.
+pub fn event_queues(settings: &AmqpSettings) -> Vec<String> {
+    (0..settings.shards)
+        .map(|shard| shard_queue(settings, shard))
+        .collect()
+}
+
+/// The event queue of `shard`: `amqp.queue` itself when there is one shard.
+pub fn shard_queue(settings: &AmqpSettings, shard: u16) -> String {
+    if settings.shards <= 1 {
+        settings.queue.clone()
+    } else {
+        format!("{}.{shard}", settings.queue)
+    }
+}
+
+/// The shard of a post: FNV-1a (64 bit) of its id, modulo the shards. Fixed
+/// forever, so every api (whatever its version) routes a post alike.
+pub fn shard_of(post_id: &str, shards: u16) -> u16 {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in post_id.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    u16::try_from(hash % u64::from(shards)).expect("below shards, a u16")
+}
+
+/// Declares the dead-letter queue, then the event queues that dead-letter
+/// into it, after checking that no queue of another shard layout exists.
+/// Redeclaring with the same arguments is harmless; with different ones the
+/// broker refuses (PRECONDITION_FAILED), which is reported, not hidden.
+pub async fn declare_topology(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<(), TopologyError> {
+    refuse_other_layouts(connection, settings).await?;
+    let channel = connection.create_channel().await?;
     channel
         .queue_declare(
             settings.dead_letter_queue.as_str().into(),
@@ -56,6 +116,46 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lap
             queue_type_arguments(settings),
         )
         .await?;
+    for queue in event_queues(settings) {
+        declare_event_queue(&channel, settings, &queue).await?;
+    }
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// With one shard, `<queue>.0` must not exist; with K, neither `<queue>` nor
+/// `<queue>.K` may (a layout with more shards has it). A passive declare of
+/// a missing queue closes its channel, so each check has its own.
+async fn refuse_other_layouts(
+    connection: &Connection,
+    settings: &AmqpSettings,
+) -> Result<(), TopologyError> {
+    let others = if settings.shards <= 1 {
+        vec![format!("{}.0", settings.queue)]
+    } else {
+        vec![
+            settings.queue.clone(),
+            format!("{}.{}", settings.queue, settings.shards),
+        ]
+    };
+    for other in others {
+        let channel = connection.create_channel().await?;
+        if queue_depth(&channel, &other).await.is_ok() {
+            let _ = channel.close(200, "checked".into()).await;
+            return Err(TopologyError::ShardsChanged {
+                shards: settings.shards,
+                found: other,
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn declare_event_queue(
+    channel: &Channel,
+    settings: &AmqpSettings,
+    queue: &str,
+) -> lapin::Result<()> {
     let mut arguments = queue_type_arguments(settings);
     if settings.queue_type == QueueType::Quorum {
         arguments.insert(
@@ -71,12 +171,17 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lap
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(settings.dead_letter_queue.as_str().into()),
     );
+    if settings.shards > 1 {
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        if settings.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-leader-locator".into(),
+                AMQPValue::LongString("balanced".into()),
+            );
+        }
+    }
     channel
-        .queue_declare(
-            settings.queue.as_str().into(),
-            QueueDeclareOptions::durable(),
-            arguments,
-        )
+        .queue_declare(queue.into(), QueueDeclareOptions::durable(), arguments)
         .await?;
     Ok(())
 }
@@ -84,7 +189,9 @@ pub async fn declare_topology(channel: &Channel, settings: &AmqpSettings) -> lap
 /// Deletes the event queue and the dead-letter queue with whatever they
 /// hold: for tests and benchmarks that made their own.
 pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
-    for queue in [&settings.queue, &settings.dead_letter_queue] {
+    let mut queues = event_queues(settings);
+    queues.push(settings.dead_letter_queue.clone());
+    for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
@@ -125,7 +232,20 @@ fn queue_type_arguments(settings: &AmqpSettings) -> FieldTable {
 
 #[cfg(test)]
 mod tests {
-    use super::node_urls;
+    use super::{node_urls, shard_of};
+
+    #[test]
+    fn a_post_always_has_the_same_shard_and_posts_spread_over_all() {
+        assert_eq!(shard_of("anything", 1), 0);
+        // Fixed values: the hash must never change between versions.
+        assert_eq!(shard_of("", 4), (0xcbf2_9ce4_8422_2325_u64 % 4) as u16);
+        assert_eq!(shard_of("hot", 4), shard_of("hot", 4));
+        let mut seen = [0_u32; 4];
+        for i in 0..4000 {
+            seen[usize::from(shard_of(&format!("post-{i}"), 4))] += 1;
+        }
+        assert!(seen.iter().all(|&n| (800..1200).contains(&n)), "{seen:?}");
+    }
 
     #[test]
     fn a_url_list_is_split_on_commas() {

@@ -107,7 +107,7 @@ impl TestEnv {
     pub async fn amqp(&self) -> anyhow::Result<(Connection, Channel)> {
         let connection = likes_queue::connect(&self.settings.amqp, "likes-test").await?;
         let channel = likes_queue::confirm_channel(&connection).await?;
-        likes_queue::declare_topology(&channel, &self.settings.amqp).await?;
+        likes_queue::declare_topology(&connection, &self.settings.amqp).await?;
         Ok((connection, channel))
     }
 

@@ -74,10 +74,12 @@ impl Incoming {
     }
 }
 
-/// Consumes from the event queue on `channel` until `shutdown` is cancelled
-/// (then flushes, commits and acks the current batch) or the channel fails.
+/// Consumes from the event queue `queue` (one shard) on `channel` until
+/// `shutdown` is cancelled (then flushes, commits and acks the current
+/// batch) or the channel fails.
 pub async fn consume(
     channel: &Channel,
+    queue: &str,
     settings: &Settings,
     writer: &Writer,
     stats: &Arc<WorkerStats>,
@@ -93,7 +95,7 @@ pub async fn consume(
         .await?;
     let consumer = channel
         .basic_consume(
-            settings.amqp.queue.as_str().into(),
+            queue.into(),
             "".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -103,6 +105,7 @@ pub async fn consume(
     let mut incoming = consumer.map(|delivery| delivery.map(Incoming::decode));
     let settler = Settler {
         channel,
+        queue,
         writer,
         stats,
         settings: &settings.amqp,
@@ -111,7 +114,7 @@ pub async fn consume(
     let mut sizing = BatchSizing::from_settings(worker);
     stats.batch_target_set(sizing.target());
     tracing::info!(
-        queue = %settings.amqp.queue,
+        queue,
         batch.mode = worker.batch_mode.as_str(),
         batch.size = worker.batch_size,
         batch.min_size = worker.batch_min_size,
@@ -182,6 +185,8 @@ enum Settled {
 /// Settles one batch on one channel.
 struct Settler<'a> {
     channel: &'a Channel,
+    /// The shard's queue the batch came from.
+    queue: &'a str,
     writer: &'a Writer,
     stats: &'a WorkerStats,
     settings: &'a AmqpSettings,
@@ -348,6 +353,7 @@ impl Settler<'_> {
                 dead_letters::dead_letter_event(
                     self.channel,
                     self.settings,
+                    self.queue,
                     event,
                     envelope,
                     reason,
@@ -372,7 +378,14 @@ impl Settler<'_> {
             %reason,
             "dead-lettering a message that can never be written"
         );
-        dead_letters::dead_letter_message(self.channel, self.settings, delivery, reason).await?;
+        dead_letters::dead_letter_message(
+            self.channel,
+            self.settings,
+            self.queue,
+            delivery,
+            reason,
+        )
+        .await?;
         self.stats.dead_lettered_one();
         Ok(())
     }

@@ -10,6 +10,9 @@ pub enum WorkerError {
     /// dead-letter queue; the batch stays unacked and comes back.
     #[error("cannot dead-letter a message: {0}")]
     DeadLetter(#[from] likes_queue::PublishError),
+    /// The queues could not be declared (or belong to another shard layout).
+    #[error(transparent)]
+    Topology(#[from] likes_queue::TopologyError),
     /// The broker ended the consumer (queue deleted, channel or connection closed).
     #[error("the broker ended the consumer")]
     ConsumerEnded,

@@ -83,6 +83,13 @@ impl Worker {
             let started = tokio::time::Instant::now();
             match self.consume_on(&connection, &shutdown).await {
                 Ok(()) => break,
+                // Not a broker outage: another shard layout's queues exist.
+                Err(WorkerError::Topology(
+                    error @ likes_queue::TopologyError::ShardsChanged { .. },
+                )) => {
+                    let _ = connection.close(200, "refused".into()).await;
+                    return Err(error.into());
+                }
                 Err(error) if shutdown.is_cancelled() => {
                     tracing::warn!(%error, "RabbitMQ failed while stopping");
                     break;
@@ -111,33 +118,54 @@ impl Worker {
         Ok(())
     }
 
-    /// One session on one connection: declare, consume, then close cleanly.
+    /// One session on one connection: declare, consume every shard of
+    /// `worker.shards` on a channel of its own, then close cleanly. The
+    /// first shard to fail ends the session (the others' unacked messages
+    /// come back when the connection closes).
     async fn consume_on(
         &self,
         connection: &lapin::Connection,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
-        let channel = connection.create_channel().await?;
-        likes_queue::declare_topology(&channel, &self.settings.amqp).await?;
+        likes_queue::declare_topology(connection, &self.settings.amqp).await?;
+        let shards = self
+            .settings
+            .consumed_shards()
+            .expect("settings were validated at load");
+        let queues: Vec<String> = shards
+            .iter()
+            .map(|&shard| likes_queue::shard_queue(&self.settings.amqp, shard))
+            .collect();
         let session = shutdown.child_token();
         let _stop_gauges = session.clone().drop_guard();
         tokio::spawn(report_queue_depth(
             connection.create_channel().await?,
-            self.settings.amqp.queue.clone(),
+            queues.clone(),
             session,
         ));
+        let mut channels = Vec::with_capacity(queues.len());
+        for _ in &queues {
+            channels.push(connection.create_channel().await?);
+        }
         metrics::gauge!("likes_amqp_connected", "role" => "worker").set(1.0);
-        let consumed = consumer::consume(
-            &channel,
-            &self.settings,
-            &self.writer,
-            &self.stats,
-            shutdown,
-        )
+        let consumed = futures_util::future::try_join_all(channels.iter().zip(&queues).map(
+            |(channel, queue)| {
+                consumer::consume(
+                    channel,
+                    queue,
+                    &self.settings,
+                    &self.writer,
+                    &self.stats,
+                    shutdown,
+                )
+            },
+        ))
         .await;
         metrics::gauge!("likes_amqp_connected", "role" => "worker").set(0.0);
         consumed?;
-        channel.close(200, "shutdown".into()).await?;
+        for channel in channels {
+            channel.close(200, "shutdown".into()).await?;
+        }
         connection.close(200, "shutdown".into()).await?;
         Ok(())
     }
@@ -163,17 +191,22 @@ pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Publishes the event queue's depth as `likes_queue_depth` every two
-/// seconds, on a channel of its own, until `stop` is cancelled.
-async fn report_queue_depth(channel: lapin::Channel, queue: String, stop: CancellationToken) {
+/// Publishes the ready messages of the queues this worker consumes as
+/// `likes_queue_depth` every two seconds, on a channel of its own, until
+/// `stop` is cancelled.
+async fn report_queue_depth(channel: lapin::Channel, queues: Vec<String>, stop: CancellationToken) {
     loop {
-        match likes_queue::queue_depth(&channel, &queue).await {
-            Ok(depth) => metrics::gauge!("likes_queue_depth").set(f64::from(depth)),
-            Err(error) => {
-                tracing::debug!(%error, "reading the queue depth");
-                return;
+        let mut depth = 0_u64;
+        for queue in &queues {
+            match likes_queue::queue_depth(&channel, queue).await {
+                Ok(ready) => depth += u64::from(ready),
+                Err(error) => {
+                    tracing::debug!(%error, "reading the queue depth");
+                    return;
+                }
             }
         }
+        metrics::gauge!("likes_queue_depth").set(depth as f64);
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}

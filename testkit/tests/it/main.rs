@@ -9,6 +9,7 @@ mod ordering;
 mod pipeline;
 mod poison;
 mod security;
+mod shards;
 mod validation;
 
 use likes_proto::pb::{LikeEvent, like_event::Action};

@@ -310,13 +310,11 @@ async fn classic_queues_carry_the_configured_storage_version() -> anyhow::Result
     let (connection, _channel) = env.amqp().await?;
     let mut version_1 = env.settings.amqp.clone();
     version_1.classic_queue_version = 1;
-    let channel = connection.create_channel().await?;
-    let refused = likes_queue::declare_topology(&channel, &version_1)
+    let refused = likes_queue::declare_topology(&connection, &version_1)
         .await
         .expect_err("RabbitMQ refuses to redeclare a version 2 queue as version 1");
     assert!(refused.to_string().contains("x-queue-version"), "{refused}");
-    let channel = connection.create_channel().await?;
-    likes_queue::declare_topology(&channel, &env.settings.amqp).await?;
+    likes_queue::declare_topology(&connection, &env.settings.amqp).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("connecting to RabbitMQ at {}", settings.amqp.url))?;
     let channel = likes_queue::confirm_channel(&connection).await?;
-    likes_queue::declare_topology(&channel, &settings.amqp).await?;
+    likes_queue::declare_topology(&connection, &settings.amqp).await?;
     let queue = &settings.amqp.dead_letter_queue;
     match cli.command {
         Command::List { limit } => {
