@@ -7,6 +7,8 @@ mod grpcurl;
 mod ordering;
 mod pipeline;
 mod poison;
+mod protocol;
+mod reads;
 mod security;
 mod validation;
 
