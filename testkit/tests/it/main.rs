@@ -9,6 +9,7 @@ mod pipeline;
 mod poison;
 mod protocol;
 mod reads;
+mod run_script;
 mod security;
 mod validation;
 
