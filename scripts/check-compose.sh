@@ -29,5 +29,9 @@ sed -e 's|rabbitmq:5672/%2f|rabbitmq:5673/%2f|' docker-compose.yml > "$broken"
 if python3 scripts/check_compose_config.py "$broken" >/dev/null 2>&1; then
   echo "self-test failed: a wrong AMQP port went unnoticed" >&2; exit 1
 fi
+grep -v '^    restart: unless-stopped$' docker-compose.yml > "$broken"
+if python3 scripts/check_compose_config.py "$broken" >/dev/null 2>&1; then
+  echo "self-test failed: an app service without a restart policy went unnoticed" >&2; exit 1
+fi
 rm -f "$broken"
 echo "compose checks refuse broken files: ok"

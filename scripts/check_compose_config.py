@@ -6,6 +6,8 @@ themselves, beyond what the Compose JSON schema can say:
 - every LIKES__* variable a service sets names a real setting, and the AMQP
   and database URLs it sets point at services of the same file, on their
   container ports, with the same credentials;
+- every service that runs a likes binary restarts `unless-stopped` (the
+  binaries exit when the broker or database is unreachable at start);
 - every service has a health check, every `condition: service_healthy`
   points at a service that has one, and every named volume is declared.
 Exits non-zero listing every problem."""
@@ -102,6 +104,12 @@ def check(path):
                     problems.append(f"{name}: database user differs from {u.hostname}'s")
         if "healthcheck" not in service:
             problems.append(f"{name}: has no healthcheck")
+        command = service.get("command") or []
+        runs_likes = bool(command) and str(command[0]).startswith("likes-")
+        if runs_likes and service.get("restart") != "unless-stopped":
+            # The binaries exit when the broker or database is unreachable
+            # at start; the runtime must start them again.
+            problems.append(f"{name}: runs {command[0]} without restart: unless-stopped")
         depends = service.get("depends_on", {})
         if isinstance(depends, dict):
             for other, rule in depends.items():

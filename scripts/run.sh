@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bin likes-api --bin likes-worker
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to this
+# directory, as cargo reads it), else ./target.
+bin="${CARGO_TARGET_DIR:-target}/release"
 export RUST_LOG="${RUST_LOG:-info}"
-./target/release/likes-worker &
+"$bin/likes-worker" &
 worker=$!
-./target/release/likes-api &
+"$bin/likes-api" &
 api=$!
 stop() { kill -TERM "$api" "$worker" 2>/dev/null || true; }
 trap stop INT TERM

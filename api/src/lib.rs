@@ -5,17 +5,23 @@
 //! `main.rs` only loads settings and calls [`Application::build`] and
 //! [`Application::run_until_stopped`], so tests start exactly this code.
 
+pub mod admission;
 pub mod auth;
+pub mod deadline;
 pub mod error;
+pub mod protocol;
 pub mod publisher;
 pub mod service;
 pub mod validate;
 
+use admission::{Admission, AdmissionLayer};
 use anyhow::Context;
 use auth::Auth;
+use deadline::DeadlineLayer;
 use likes_common::Settings;
 use likes_common::config::ApiSettings;
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
+use protocol::GrpcOnlyLayer;
 use publisher::{Packing, Publisher};
 use service::LikeApi;
 use std::{net::SocketAddr, sync::Arc};
@@ -94,11 +100,8 @@ impl Application {
         likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let api = LikeApi::new(
-            Arc::clone(&self.publisher),
-            self.pool.clone(),
-            self.settings.max_concurrent_requests,
-        );
+        let api = LikeApi::new(Arc::clone(&self.publisher), self.pool.clone());
+        let admission = Arc::new(Admission::new(&self.settings));
         let auth = Auth::new(
             self.settings.auth_token.expose(),
             !self.settings.tls_client_ca_file.is_empty(),
@@ -119,11 +122,20 @@ impl Application {
                 tracing::info!("likes-api stopping: finishing calls in flight");
             }
         };
-        let mut server = tonic::transport::Server::builder();
+        // hyper's default of 200 streams per connection is removed by
+        // tonic's builder unless set; without it one connection can open
+        // any number of header-only streams.
+        let mut server = tonic::transport::Server::builder()
+            .max_concurrent_streams(self.settings.max_concurrent_streams)
+            .http2_max_header_list_size(self.settings.max_header_list_bytes);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("configuring TLS")?;
         }
+        // Outermost first: protocol check, caller's deadline, admission.
         server
+            .layer(GrpcOnlyLayer)
+            .layer(DeadlineLayer)
+            .layer(AdmissionLayer::new(admission))
             .layer(MapResponseLayer::new(size_limit_is_resource_exhausted))
             .add_service(InterceptedService::new(health_service, open_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1, open_auth.clone()))

@@ -19,7 +19,7 @@ async fn run() -> anyhow::Result<()> {
         return likes_api::health_check(&settings).await;
     }
     telemetry::init(settings.log.format, "info");
-    telemetry::serve_metrics(&settings.api.metrics_listen)?;
+    telemetry::serve_metrics(&settings.api.metrics_listen, "LIKES__API__METRICS_LISTEN")?;
     tracing::debug!(?settings, "settings loaded");
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

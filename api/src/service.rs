@@ -12,7 +12,6 @@ use std::{
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Span, instrument};
@@ -23,28 +22,13 @@ use uuid::Uuid;
 pub struct LikeApi {
     publisher: Arc<Publisher>,
     pool: PgPool,
-    in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
 }
 
 impl LikeApi {
-    pub fn new(publisher: Arc<Publisher>, pool: PgPool, max_in_flight: usize) -> Self {
-        Self {
-            publisher,
-            pool,
-            in_flight: Arc::new(Semaphore::new(max_in_flight)),
-            max_in_flight,
-        }
-    }
-
-    /// Admits a request, or refuses it at once when `max_in_flight` are
-    /// already being handled: memory stays bounded under any load.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        Arc::clone(&self.in_flight)
-            .try_acquire_owned()
-            .map_err(|_| ApiError::Overloaded {
-                limit: self.max_in_flight,
-            })
+    /// Admission (`api.max_concurrent_requests`) happens before a call gets
+    /// here, in [`crate::admission`].
+    pub fn new(publisher: Arc<Publisher>, pool: PgPool) -> Self {
+        Self { publisher, pool }
     }
 
     /// Stamps the event, publishes it and waits for the broker's confirm.
@@ -84,7 +68,6 @@ impl LikeService for LikeApi {
     #[instrument(name = "Like", skip_all, fields(post.id, user.id, event.id))]
     async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
         observed("Like", async move {
-            let _admitted = self.admit()?;
             let LikeRequest { post_id, user_id } = request.into_inner();
             let (post, user) = validate::pair(post_id, user_id)?;
             record_pair(&post, &user);
@@ -100,7 +83,6 @@ impl LikeService for LikeApi {
         request: Request<UnlikeRequest>,
     ) -> Result<Response<UnlikeResponse>, Status> {
         observed("Unlike", async move {
-            let _admitted = self.admit()?;
             let UnlikeRequest { post_id, user_id } = request.into_inner();
             let (post, user) = validate::pair(post_id, user_id)?;
             record_pair(&post, &user);
@@ -116,7 +98,6 @@ impl LikeService for LikeApi {
         request: Request<GetLikeCountRequest>,
     ) -> Result<Response<GetLikeCountResponse>, Status> {
         observed("GetLikeCount", async move {
-            let _admitted = self.admit()?;
             let post = validate::post_id("post_id", request.into_inner().post_id)?;
             Span::current().record("post.id", post.as_str());
             let mut conn = self.connection().await?;
@@ -137,7 +118,6 @@ impl LikeService for LikeApi {
         request: Request<GetLikeCountsRequest>,
     ) -> Result<Response<GetLikeCountsResponse>, Status> {
         observed("GetLikeCounts", async move {
-            let _admitted = self.admit()?;
             let posts = validate::post_ids(request.into_inner().post_ids)?;
             Span::current().record("posts.count", posts.len());
             if posts.is_empty() {
@@ -160,7 +140,6 @@ impl LikeService for LikeApi {
         request: Request<HasLikedRequest>,
     ) -> Result<Response<HasLikedResponse>, Status> {
         observed("HasLiked", async move {
-            let _admitted = self.admit()?;
             let HasLikedRequest { post_id, user_id } = request.into_inner();
             let (post, user) = validate::pair(post_id, user_id)?;
             record_pair(&post, &user);

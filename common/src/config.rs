@@ -18,6 +18,10 @@
 //! | `LIKES__API__MAX_MESSAGE_BYTES` | `131072` |
 //! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
 //! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
+//! | `LIKES__API__MAX_CONCURRENT_STREAMS` | `200` (per HTTP/2 connection) |
+//! | `LIKES__API__MAX_HEADER_LIST_BYTES` | `32768` |
+//! | `LIKES__API__MAX_REQUEST_BYTES_IN_FLIGHT` | `0` (= min(max_concurrent_requests × max_request_bytes, 64 MiB)) |
+//! | `LIKES__API__REQUEST_BODY_GRACE_MS` | `200` (0: never evict) |
 //! | `LIKES__API__TLS_CERT_FILE`, `..._TLS_KEY_FILE` | empty (plaintext) |
 //! | `LIKES__API__TLS_CLIENT_CA_FILE` | empty (no mutual TLS) |
 //! | `LIKES__API__AUTH_TOKEN` | empty (no token) |
@@ -32,6 +36,7 @@
 //! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
 //! | `LIKES__DATABASE__POOL_SIZE` | `8` |
 //! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
+//! | `LIKES__DATABASE__CIRCUIT_OPEN_MS` | `500` (0: no circuit) |
 //! | `LIKES__WORKER__SHARDS` | empty (every shard) |
 //! | `LIKES__WORKER__BATCH_SIZE` | `500` (adaptive mode: the largest batch) |
 //! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
@@ -94,6 +99,16 @@ pub struct ApiSettings {
     pub max_message_bytes: usize,
     pub max_request_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on each HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest request metadata accepted.
+    pub max_header_list_bytes: u32,
+    /// Request body bytes being received at once, over all calls; 0 derives
+    /// it from the limits (see [`ApiSettings::request_bytes_in_flight`]).
+    pub max_request_bytes_in_flight: usize,
+    /// When every place is taken, a call whose request body has waited on
+    /// the network this long gives its place to a new call; 0: never.
+    pub request_body_grace_ms: u64,
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub tls_client_ca_file: String,
@@ -137,6 +152,9 @@ pub struct DatabaseSettings {
     pub url: SecretUrl,
     pub pool_size: u32,
     pub connect_timeout_ms: u64,
+    /// After a failed connection, checkouts fail at once for this long
+    /// (then one trial goes through); 0 turns the circuit off.
+    pub circuit_open_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +282,15 @@ impl Settings {
         if self.api.max_concurrent_requests == 0 {
             return Err(invalid("api.max_concurrent_requests", "must be at least 1"));
         }
+        if self.api.max_concurrent_streams == 0 {
+            return Err(invalid("api.max_concurrent_streams", "must be at least 1"));
+        }
+        if self.api.max_header_list_bytes < 1024 {
+            return Err(invalid(
+                "api.max_header_list_bytes",
+                "must be at least 1024: gRPC's own headers need several hundred bytes",
+            ));
+        }
         if self.api.publish_channels == 0 {
             return Err(invalid("api.publish_channels", "must be at least 1"));
         }
@@ -342,15 +369,38 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The derived default of `api.max_request_bytes_in_flight`'s cap: more
+/// than this in request bodies at once is an attack, not a load.
+const REQUEST_BYTES_IN_FLIGHT_CAP: usize = 64 * 1024 * 1024;
+
 impl ApiSettings {
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
+    }
+
+    /// The budget of request body bytes being received at once: the
+    /// setting, or min(max_concurrent_requests × max_request_bytes, 64 MiB).
+    pub fn request_bytes_in_flight(&self) -> usize {
+        if self.max_request_bytes_in_flight != 0 {
+            return self.max_request_bytes_in_flight;
+        }
+        self.max_concurrent_requests
+            .saturating_mul(self.max_request_bytes)
+            .min(REQUEST_BYTES_IN_FLIGHT_CAP)
+    }
+
+    pub fn request_body_grace(&self) -> Duration {
+        Duration::from_millis(self.request_body_grace_ms)
     }
 }
 
 impl DatabaseSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    pub fn circuit_open(&self) -> Duration {
+        Duration::from_millis(self.circuit_open_ms)
     }
 }
 
@@ -484,6 +534,21 @@ mod tests {
         assert_eq!(s.worker.flush_budget_ms, 100);
         assert_eq!(s.api.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(s.amqp.classic_queue_version, 2);
+        assert_eq!(s.api.max_concurrent_streams, 200);
+        assert_eq!(s.api.max_header_list_bytes, 32 * 1024);
+        assert_eq!(s.api.request_body_grace_ms, 200);
+        assert_eq!(s.database.circuit_open_ms, 500);
+    }
+
+    #[test]
+    fn the_request_byte_budget_is_derived_from_the_limits() {
+        let mut s = Settings::defaults();
+        // 4096 × 256 KiB is 1 GiB: capped.
+        assert_eq!(s.api.request_bytes_in_flight(), 64 * 1024 * 1024);
+        s.api.max_concurrent_requests = 64;
+        assert_eq!(s.api.request_bytes_in_flight(), 64 * 262_144);
+        s.api.max_request_bytes_in_flight = 1_000;
+        assert_eq!(s.api.request_bytes_in_flight(), 1_000);
     }
 
     #[test]

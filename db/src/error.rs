@@ -9,6 +9,8 @@ pub enum DbError {
     Connect(#[from] diesel::ConnectionError),
     #[error("no PostgreSQL connection available: {0}")]
     Pool(String),
+    #[error("PostgreSQL was unreachable moments ago (circuit open)")]
+    Unavailable,
     #[error("query failed: {0}")]
     Query(#[from] DieselError),
     #[error("migrations failed: {0}")]
@@ -23,7 +25,7 @@ impl DbError {
     /// Constraint violations and bad data fail the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Pool(_) => true,
+            Self::Connect(_) | Self::Pool(_) | Self::Unavailable => true,
             Self::Query(DieselError::DatabaseError(kind, _)) => !matches!(
                 kind,
                 DatabaseErrorKind::UniqueViolation

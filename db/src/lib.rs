@@ -1,6 +1,7 @@
 //! PostgreSQL for the likes service: schema, embedded migrations, the bb8
 //! connection pool and every query either binary runs.
 
+mod circuit;
 pub mod error;
 pub mod models;
 pub mod pool;

@@ -1,7 +1,11 @@
 //! Connecting: creating the database if missing, running the embedded
-//! migrations and building the bb8 pool.
+//! migrations and building the bb8 pool, behind a small circuit breaker
+//! (see [`crate::circuit`]) so that checkouts during an outage fail fast.
 
-use crate::DbError;
+use crate::{
+    DbError,
+    circuit::{Admit, Circuit},
+};
 use diesel::{OptionalExtension, QueryableByName, sql_types::Text};
 use diesel_async::{
     AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
@@ -9,19 +13,92 @@ use diesel_async::{
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use likes_common::config::DatabaseSettings;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 
-/// The connection pool both binaries use.
-pub type PgPool = Pool<AsyncPgConnection>;
+/// The connection pool both binaries use: bb8, and the circuit that knows
+/// whether the database was reachable a moment ago.
+#[derive(Debug, Clone)]
+pub struct PgPool {
+    pool: Pool<AsyncPgConnection>,
+    circuit: Arc<Circuit>,
+}
+
+impl PgPool {
+    /// Connections open and idle.
+    pub fn state(&self) -> bb8::State {
+        self.pool.state()
+    }
+}
 
 /// A connection borrowed from a [`PgPool`].
 pub type PooledConnection<'a> =
     diesel_async::pooled_connection::bb8::PooledConnection<'a, AsyncPgConnection>;
 
-/// Borrows a connection, waiting at most the pool's connect timeout.
+/// Borrows a connection, waiting at most the pool's connect timeout; fails
+/// at once with [`DbError::Unavailable`] while the circuit is open (the
+/// database was unreachable moments ago), or as soon as a connection attempt
+/// fails during the wait.
 pub async fn checkout(pool: &PgPool) -> Result<PooledConnection<'_>, DbError> {
-    Ok(pool.get().await?)
+    let circuit = &pool.circuit;
+    let admitted = circuit.admit();
+    if admitted == Admit::Refuse {
+        return Err(DbError::Unavailable);
+    }
+    let mut trial = TrialGuard {
+        circuit,
+        armed: admitted == Admit::Trial,
+    };
+    let mut failures = circuit.watch_failures();
+    failures.mark_unchanged();
+    let got = tokio::select! {
+        biased;
+        got = pool.pool.get() => got,
+        _ = failures.changed() => {
+            // The failure that woke us has opened the circuit already.
+            trial.armed = false;
+            return Err(DbError::Unavailable);
+        }
+    };
+    trial.armed = false;
+    match got {
+        Ok(conn) => {
+            circuit.succeeded(admitted);
+            Ok(conn)
+        }
+        Err(error) => {
+            circuit.failed();
+            Err(error.into())
+        }
+    }
+}
+
+/// Hands the trial on if a trial checkout is dropped before its outcome.
+struct TrialGuard<'a> {
+    circuit: &'a Circuit,
+    armed: bool,
+}
+
+impl Drop for TrialGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.circuit.trial_abandoned();
+        }
+    }
+}
+
+/// bb8 reports each failed connection attempt here: it opens the circuit.
+#[derive(Debug, Clone)]
+struct CircuitSink(Arc<Circuit>);
+
+impl<E> bb8::ErrorSink<E> for CircuitSink {
+    fn sink(&self, _error: E) {
+        self.0.failed();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<E>> {
+        Box::new(self.clone())
+    }
 }
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
@@ -54,7 +131,8 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     ensure_database(url).await?;
     run_migrations(url).await?;
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
-    Pool::builder()
+    let circuit = Arc::new(Circuit::new(settings.circuit_open()));
+    let pool = Pool::builder()
         .max_size(settings.pool_size)
         // No `SELECT 1` before every checkout: it would double the
         // transactions a batch costs. A broken connection fails its query,
@@ -62,9 +140,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         // (`has_broken`), so the next checkout gets a fresh one.
         .test_on_check_out(false)
         .connection_timeout(settings.connect_timeout())
+        .error_sink(Box::new(CircuitSink(Arc::clone(&circuit))))
         .build(manager)
         .await
-        .map_err(|e| DbError::Pool(e.to_string()))
+        .map_err(|e| DbError::Pool(e.to_string()))?;
+    Ok(PgPool { pool, circuit })
 }
 
 #[derive(QueryableByName)]

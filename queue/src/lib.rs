@@ -23,6 +23,6 @@ pub mod topology;
 pub use confirm::{PublishError, confirm_channel, publish_confirmed};
 pub use lapin::{BasicProperties, Channel, Connection, message::Delivery};
 pub use topology::{
-    TopologyError, connect, declare_topology, delete_topology, event_queues, queue_depth, shard_of,
-    shard_queue,
+    TopologyError, connect, declare_topology, delete_topology, event_queues, queue_consumers,
+    queue_depth, shard_of, shard_queue,
 };

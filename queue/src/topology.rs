@@ -212,6 +212,18 @@ pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
     Ok(declared.message_count())
 }
 
+/// Consumers subscribed to `queue` (passive declare, like [`queue_depth`]).
+pub async fn queue_consumers(channel: &Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::durable().passive(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.consumer_count())
+}
+
 /// The queue type, and for classic queues their storage version: version 2
 /// writes less per persistent message than version 1 (the default before
 /// RabbitMQ 3.13), which the broker, the busiest part of every like, feels.

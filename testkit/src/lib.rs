@@ -8,6 +8,7 @@
 
 mod cleanup;
 pub mod faults;
+pub mod http2;
 pub mod load;
 pub mod process;
 pub mod proxy;

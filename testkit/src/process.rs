@@ -3,8 +3,10 @@
 
 use likes_common::Settings;
 use std::{
+    io::{BufRead, BufReader, Write},
     path::Path,
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 use tokio::time::Instant;
@@ -13,13 +15,59 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct ServiceProcess {
     child: Child,
+    /// What the process wrote to stderr, when spawned with [`Self::spawn_logged`].
+    stderr: Option<Arc<Mutex<String>>>,
 }
 
 impl ServiceProcess {
     /// Starts `binary` with `settings` passed as `LIKES__*` variables.
     pub fn spawn(binary: &Path, settings: &Settings) -> anyhow::Result<Self> {
         let child = command(binary, settings).spawn()?;
-        Ok(Self { child })
+        Ok(Self {
+            child,
+            stderr: None,
+        })
+    }
+
+    /// Like [`Self::spawn`], keeping what the process logs (stderr) for
+    /// [`Self::logs`]; the lines are passed on to this process's stderr.
+    pub fn spawn_logged(binary: &Path, settings: &Settings) -> anyhow::Result<Self> {
+        let mut child = command(binary, settings).stderr(Stdio::piped()).spawn()?;
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&logs);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                let _ = writeln!(std::io::stderr(), "{line}");
+                let mut logs = sink.lock().expect("log buffer lock");
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        });
+        Ok(Self {
+            child,
+            stderr: Some(logs),
+        })
+    }
+
+    /// What the process logged so far (empty unless spawned with
+    /// [`Self::spawn_logged`]).
+    pub fn logs(&self) -> String {
+        self.stderr
+            .as_ref()
+            .map(|logs| logs.lock().expect("log buffer lock").clone())
+            .unwrap_or_default()
+    }
+
+    /// Resident memory of the process (VmRSS in /proc), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        rss(self.pid())
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,6 +151,34 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
         ),
         ("LIKES__API__LISTEN", settings.api.listen.to_string()),
         (
+            "LIKES__API__CONFIRM_TIMEOUT_MS",
+            settings.api.confirm_timeout_ms.to_string(),
+        ),
+        (
+            "LIKES__API__MAX_CONCURRENT_REQUESTS",
+            settings.api.max_concurrent_requests.to_string(),
+        ),
+        (
+            "LIKES__API__MAX_CONCURRENT_STREAMS",
+            settings.api.max_concurrent_streams.to_string(),
+        ),
+        (
+            "LIKES__API__MAX_HEADER_LIST_BYTES",
+            settings.api.max_header_list_bytes.to_string(),
+        ),
+        (
+            "LIKES__API__MAX_REQUEST_BYTES_IN_FLIGHT",
+            settings.api.max_request_bytes_in_flight.to_string(),
+        ),
+        (
+            "LIKES__API__REQUEST_BODY_GRACE_MS",
+            settings.api.request_body_grace_ms.to_string(),
+        ),
+        (
+            "LIKES__DATABASE__CIRCUIT_OPEN_MS",
+            settings.database.circuit_open_ms.to_string(),
+        ),
+        (
             "LIKES__API__METRICS_LISTEN",
             settings.api.metrics_listen.clone(),
         ),
@@ -118,4 +194,16 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
             w.retry_budget_ms.to_string(),
         ),
     ]
+}
+
+/// VmRSS of process `pid` (its resident memory), in bytes.
+pub fn rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?
+        .parse()?;
+    Ok(kib * 1024)
 }

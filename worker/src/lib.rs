@@ -171,10 +171,19 @@ impl Worker {
     }
 }
 
-/// `likes-worker --health-check`: reads the worker's own metrics endpoint
-/// and succeeds while it is connected to RabbitMQ. Needs
-/// `worker.metrics_listen`; an unspecified address means this host.
-pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
+/// `likes-worker --health-check [--pid N]`: succeeds while the worker
+/// process N is connected to RabbitMQ, as its own metrics endpoint
+/// (`worker.metrics_listen`; an unspecified address means this host) says.
+///
+/// It never reports another process's health as this one's: the endpoint
+/// exports the id of the process serving it (`likes_process_id`), and the
+/// check fails unless that is the worker it checks. Without `--pid`, that
+/// worker is the one `likes-worker` process in this PID namespace (a
+/// container's, or the host's) other than health checks; with none or
+/// several, the check fails and says to pass `--pid`. A worker whose metrics
+/// address was taken (it warned at start) serves no endpoint, so its check
+/// fails: give each worker on one host its own `LIKES__WORKER__METRICS_LISTEN`.
+pub async fn health_check(settings: &Settings, pid: Option<u32>) -> anyhow::Result<()> {
     let listen = &settings.worker.metrics_listen;
     anyhow::ensure!(
         !listen.is_empty(),
@@ -184,11 +193,72 @@ pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
+    let pid = match pid {
+        Some(pid) => pid,
+        None => the_one_worker()?,
+    };
     let body = likes_common::telemetry::fetch_metrics(&addr.to_string()).await?;
+    let serving =
+        likes_common::telemetry::sample(&body, likes_common::telemetry::PROCESS_ID_METRIC, None);
+    anyhow::ensure!(
+        serving == Some(f64::from(pid)),
+        "the metrics endpoint {addr} belongs to process {}, not to likes-worker {pid} \
+         (was its LIKES__WORKER__METRICS_LISTEN taken at start?)",
+        serving.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+    );
     let connected =
         likes_common::telemetry::sample(&body, "likes_amqp_connected", Some("role=\"worker\""));
     anyhow::ensure!(connected == Some(1.0), "not connected to RabbitMQ");
     Ok(())
+}
+
+/// `--pid N` among the arguments, if given.
+pub fn pid_argument(args: &[String]) -> anyhow::Result<Option<u32>> {
+    let Some(at) = args.iter().position(|arg| arg == "--pid") else {
+        return Ok(None);
+    };
+    let value = args.get(at + 1).context("--pid needs a process id")?;
+    Ok(Some(
+        value.parse().with_context(|| format!("--pid {value}"))?,
+    ))
+}
+
+/// The id of the one process of this program (by its name in
+/// `/proc/*/comm`) in this PID namespace that is not a health check.
+fn the_one_worker() -> anyhow::Result<u32> {
+    let me = std::process::id();
+    let name = std::fs::read_to_string("/proc/self/comm").context("reading /proc/self/comm")?;
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+        let Some(pid) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let same_name =
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm == name);
+        let checking = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|&b| b == 0)
+                .any(|arg| arg == b"--health-check")
+        });
+        if same_name && !checking {
+            found.push(pid);
+        }
+    }
+    match found.as_slice() {
+        [pid] => Ok(*pid),
+        [] => anyhow::bail!("no {} process runs here", name.trim()),
+        pids => anyhow::bail!(
+            "{} {} processes run here (pids {pids:?}); say which to check with --pid",
+            pids.len(),
+            name.trim()
+        ),
+    }
 }
 
 /// Publishes the ready messages of the queues this worker consumes as

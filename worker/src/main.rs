@@ -16,11 +16,16 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::load().context("loading settings")?;
-    if std::env::args().any(|arg| arg == "--health-check") {
-        return likes_worker::health_check(&settings).await;
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--health-check") {
+        let pid = likes_worker::pid_argument(&args)?;
+        return likes_worker::health_check(&settings, pid).await;
     }
     telemetry::init(settings.log.format, "info");
-    telemetry::serve_metrics(&settings.worker.metrics_listen)?;
+    telemetry::serve_metrics(
+        &settings.worker.metrics_listen,
+        "LIKES__WORKER__METRICS_LISTEN",
+    )?;
     tracing::debug!(?settings, "settings loaded");
     let worker = likes_worker::Worker::build(&settings).await?;
     let token = CancellationToken::new();

@@ -1,7 +1,12 @@
 //! The api as a process, and faults that touch the whole broker. Tests here
 //! run one at a time (a shared lock): the memory alarm blocks every
 //! publisher on the machine's RabbitMQ for a few seconds, so it lives in this
-//! binary, apart from the parallel end-to-end tests.
+//! binary, apart from the parallel end-to-end tests; the floods measure one
+//! process's memory, and the default metrics ports are the machine's.
+
+mod deadlines;
+mod floods;
+mod processes;
 
 use likes_common::config::SecretUrl;
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
@@ -14,6 +19,29 @@ use tonic::Code;
 
 const API: &str = env!("CARGO_BIN_EXE_likes-api");
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
+
+/// Starts the api binary with `env`'s settings on a free port and returns
+/// it with a client, once it answers.
+async fn spawn_api_process(
+    env: &mut TestEnv,
+) -> anyhow::Result<(ServiceProcess, LikeServiceClient<tonic::transport::Channel>)> {
+    let port = likes_testkit::free_port()?;
+    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
+    env.db().await?;
+    let api = ServiceProcess::spawn(Path::new(API), &env.settings)?;
+    let client = connect(port).await?;
+    Ok((api, client))
+}
+
+/// A client of the api on `port`, once it listens.
+async fn connect(port: u16) -> anyhow::Result<LikeServiceClient<tonic::transport::Channel>> {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    eventually(Duration::from_secs(20), "the api to listen", || {
+        let endpoint = endpoint.clone();
+        async move { Ok(LikeServiceClient::connect(endpoint).await.ok()) }
+    })
+    .await
+}
 
 async fn like(
     client: &mut LikeServiceClient<tonic::transport::Channel>,

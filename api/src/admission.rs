@@ -1,0 +1,585 @@
+//! Admission: how many calls the api takes at once, decided when a call's
+//! HEADERS arrive, before tonic reads or decodes a byte of its body.
+//!
+//! A tower layer (added with `Server::layer`, so it covers every service)
+//! gives each call one of `api.max_concurrent_requests` places, or answers
+//! at once RESOURCE_EXHAUSTED (a trailers-only response; the body is never
+//! read). The call keeps its place until its response is ready. Together
+//! with the per-connection stream limit (`api.max_concurrent_streams`,
+//! enforced by h2 with REFUSED_STREAM) this bounds what calls that never
+//! finish sending can hold: header-only streams and half-sent bodies.
+//!
+//! The request body is metered on the way in: each call counts the size of
+//! the gRPC message its body announces (what tonic's decoder reserves for
+//! it) against a global budget (`api.max_request_bytes_in_flight`); a body
+//! that would go over it fails with RESOURCE_EXHAUSTED.
+//!
+//! Half-sent requests must not lock other callers out: when every place is
+//! taken, a new call takes the place of the oldest LikeService or health
+//! call whose request body has been waiting on the network for longer than
+//! `api.request_body_grace_ms` (a slow-loris guard that costs nothing until
+//! the server is full). That call ends with RESOURCE_EXHAUSTED; its handler
+//! never ran, because tonic hands a unary request to the handler only once
+//! the whole body has arrived. Reflection is a bidirectional stream whose
+//! body stays open by design: it is never evicted.
+
+use crate::error::ApiError;
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use likes_common::config::ApiSettings;
+use pin_project_lite::pin_project;
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+use tokio::time::Instant;
+use tonic::{
+    Status,
+    body::Body,
+    codegen::http::{Request, Response},
+};
+use tower::{Layer, Service};
+
+/// Paths whose calls send one request message and may be evicted while it
+/// is still arriving.
+const EVICTABLE_PREFIXES: [&str; 2] = ["/likes.v1.LikeService/", "/grpc.health.v1.Health/"];
+
+/// The gRPC length-prefixed message header: compression flag, u32 length.
+const MESSAGE_PREFIX: usize = 5;
+
+/// The places and the byte budget, shared by every connection.
+#[derive(Debug)]
+pub struct Admission {
+    limit: usize,
+    in_flight: AtomicUsize,
+    grace: Duration,
+    /// Admitted evictable calls whose body has waited on the network, in
+    /// the order they first did. Finished entries are dropped lazily.
+    receiving: Mutex<VecDeque<Arc<Call>>>,
+    budget: usize,
+    bytes: AtomicUsize,
+    max_message: usize,
+}
+
+impl Admission {
+    pub fn new(settings: &ApiSettings) -> Self {
+        Self {
+            limit: settings.max_concurrent_requests,
+            in_flight: AtomicUsize::new(0),
+            grace: settings.request_body_grace(),
+            receiving: Mutex::new(VecDeque::new()),
+            budget: settings.request_bytes_in_flight(),
+            bytes: AtomicUsize::new(0),
+            max_message: settings.max_request_bytes,
+        }
+    }
+
+    /// Calls holding a place now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Request body bytes counted against the budget now.
+    pub fn bytes_in_flight(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// A free place, or the place of a call whose body stalled.
+    fn try_admit(&self) -> Option<Arc<Call>> {
+        let free = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok();
+        if free || self.evict_stalled() {
+            return Some(Arc::new(Call::new()));
+        }
+        None
+    }
+
+    /// Takes the place of the oldest call whose body has waited on the
+    /// network for longer than the grace; the place passes to the caller
+    /// without being released.
+    fn evict_stalled(&self) -> bool {
+        if self.grace.is_zero() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut receiving = self.lock_receiving();
+        while let Some(oldest) = receiving.front() {
+            if oldest.state() != RECEIVING {
+                receiving.pop_front();
+                continue;
+            }
+            if now.saturating_duration_since(oldest.admitted_at) < self.grace {
+                return false;
+            }
+            if oldest.transition(RECEIVING, EVICTED) {
+                if let Some(evicted) = receiving.pop_front() {
+                    drop(receiving);
+                    evicted.waker.wake();
+                    metrics::counter!("likes_requests_refused_total", "reason" => "stalled_body")
+                        .increment(1);
+                }
+                return true;
+            }
+            // Its body completed or the call ended meanwhile: look again.
+        }
+        false
+    }
+
+    /// The body of `call` waits on the network: make it evictable.
+    fn waiting(&self, call: &Arc<Call>) {
+        if !call.transition(NEW, RECEIVING) {
+            return;
+        }
+        let mut receiving = self.lock_receiving();
+        // At most `limit` entries are live; drop finished ones now and then
+        // so a stalled call at the front cannot make the queue grow.
+        if receiving.len() >= 2 * self.limit + 16 {
+            receiving.retain(|c| c.state() == RECEIVING);
+        }
+        receiving.push_back(Arc::clone(call));
+    }
+
+    fn lock_receiving(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Call>>> {
+        self.receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `extra` more bytes, unless that goes over the budget.
+    fn charge(&self, extra: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |used| {
+                used.checked_add(extra).filter(|&n| n <= self.budget)
+            })
+            .is_ok()
+    }
+
+    fn refund(&self, bytes: usize) {
+        if bytes > 0 {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Body not seen waiting yet (or not evictable).
+const NEW: u8 = 0;
+/// Body has waited on the network and has not arrived completely.
+const RECEIVING: u8 = 1;
+/// Body complete: the handler may run; never evicted.
+const RECEIVED: u8 = 2;
+/// Place taken by a newer call; the call ends RESOURCE_EXHAUSTED.
+const EVICTED: u8 = 3;
+/// Response ready, place given back.
+const FINISHED: u8 = 4;
+
+/// One admitted call, shared by its response future and its request body.
+#[derive(Debug)]
+struct Call {
+    state: AtomicU8,
+    admitted_at: Instant,
+    /// The task reading the body, woken on eviction.
+    waker: AtomicWaker,
+}
+
+impl Call {
+    fn new() -> Self {
+        Self {
+            state: AtomicU8::new(NEW),
+            admitted_at: Instant::now(),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    fn transition(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.state() == EVICTED
+    }
+
+    /// The body arrived completely: the call can no longer be evicted.
+    fn received(&self) {
+        if !self.transition(NEW, RECEIVED) {
+            self.transition(RECEIVING, RECEIVED);
+        }
+    }
+}
+
+/// A call's place; given back on drop unless it was passed on by eviction.
+#[derive(Debug)]
+struct Place {
+    call: Arc<Call>,
+    admission: Arc<Admission>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if self.call.state.swap(FINISHED, Ordering::AcqRel) != EVICTED {
+            self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+fn overloaded(limit: usize) -> Status {
+    Status::resource_exhausted(ApiError::Overloaded { limit }.to_string())
+}
+
+fn evicted(grace: Duration) -> Status {
+    Status::resource_exhausted(format!(
+        "the server is full and this call's request did not arrive within {} ms; retry with backoff",
+        grace.as_millis()
+    ))
+}
+
+fn over_budget(budget: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "the server is receiving its limit of {budget} request bytes; retry with backoff"
+    ))
+}
+
+/// Admits calls; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct AdmissionLayer {
+    admission: Arc<Admission>,
+}
+
+impl AdmissionLayer {
+    pub fn new(admission: Arc<Admission>) -> Self {
+        Self { admission }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admitted<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admitted {
+            inner,
+            admission: Arc::clone(&self.admission),
+        }
+    }
+}
+
+/// The service behind an [`AdmissionLayer`].
+#[derive(Debug, Clone)]
+pub struct Admitted<S> {
+    inner: S,
+    admission: Arc<Admission>,
+}
+
+impl<S> Service<Request<Body>> for Admitted<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = AdmittedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let Some(call) = self.admission.try_admit() else {
+            metrics::counter!("likes_requests_refused_total", "reason" => "concurrency")
+                .increment(1);
+            return AdmittedFuture {
+                inner: None,
+                place: None,
+                refusal: Some(overloaded(self.admission.limit).into_http()),
+                grace: self.admission.grace,
+            };
+        };
+        let path = request.uri().path();
+        let evictable = EVICTABLE_PREFIXES.iter().any(|p| path.starts_with(p));
+        let admission = Arc::clone(&self.admission);
+        let metered_call = evictable.then(|| Arc::clone(&call));
+        let request = request.map(|body| {
+            Body::new(MeteredBody {
+                inner: body,
+                admission: Arc::clone(&admission),
+                call: metered_call,
+                charged: 0,
+                framing: Framing::default(),
+            })
+        });
+        AdmittedFuture {
+            inner: Some(self.inner.call(request)),
+            place: Some(Place { call, admission }),
+            refusal: None,
+            grace: self.admission.grace,
+        }
+    }
+}
+
+pin_project! {
+    /// The response of an admitted call, or the refusal of one that was not.
+    #[derive(Debug)]
+    pub struct AdmittedFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        place: Option<Place>,
+        refusal: Option<Response<Body>>,
+        grace: Duration,
+    }
+}
+
+impl<F, E> Future for AdmittedFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(refusal) = this.refusal.take() {
+            return Poll::Ready(Ok(refusal));
+        }
+        if this.place.as_ref().is_some_and(|p| p.call.is_evicted()) {
+            this.place.take();
+            return Poll::Ready(Ok(evicted(*this.grace).into_http()));
+        }
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Ok(Status::internal("polled after completion").into_http()));
+        };
+        let response = ready!(inner.poll(cx));
+        this.place.take();
+        Poll::Ready(response)
+    }
+}
+
+/// Where the body stands in gRPC's length-prefixed framing.
+#[derive(Debug, Default)]
+struct Framing {
+    prefix: [u8; MESSAGE_PREFIX],
+    prefix_read: usize,
+    /// Bytes of the current message still to come.
+    remaining: usize,
+}
+
+impl Framing {
+    /// Walks `data`; returns the largest message length announced in it.
+    fn announced(&mut self, mut data: &[u8]) -> Option<usize> {
+        let mut largest = None;
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len());
+                self.remaining -= n;
+                data = &data[n..];
+                continue;
+            }
+            let n = (MESSAGE_PREFIX - self.prefix_read).min(data.len());
+            self.prefix[self.prefix_read..self.prefix_read + n].copy_from_slice(&data[..n]);
+            self.prefix_read += n;
+            data = &data[n..];
+            if self.prefix_read == MESSAGE_PREFIX {
+                self.prefix_read = 0;
+                let [_, a, b, c, d] = self.prefix;
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                self.remaining = len;
+                largest = largest.max(Some(len));
+            }
+        }
+        largest
+    }
+}
+
+/// A request body, counted against the byte budget and watched for stalls.
+struct MeteredBody {
+    inner: Body,
+    admission: Arc<Admission>,
+    /// Set for evictable calls.
+    call: Option<Arc<Call>>,
+    charged: usize,
+    framing: Framing,
+}
+
+impl MeteredBody {
+    /// Charges what the decoder will hold for a message of `announced`
+    /// bytes (tonic refuses larger ones than `max_message` before
+    /// reserving, so they count at the limit).
+    fn charge(&mut self, announced: usize) -> Result<(), Status> {
+        let wanted = announced.min(self.admission.max_message) + MESSAGE_PREFIX;
+        if wanted <= self.charged {
+            return Ok(());
+        }
+        if !self.admission.charge(wanted - self.charged) {
+            metrics::counter!("likes_requests_refused_total", "reason" => "body_bytes")
+                .increment(1);
+            return Err(over_budget(self.admission.budget));
+        }
+        self.charged = wanted;
+        Ok(())
+    }
+
+    /// The body ended: give the bytes back; the call can no longer be evicted.
+    fn finish(&mut self) {
+        self.admission.refund(std::mem::take(&mut self.charged));
+        if let Some(call) = &self.call {
+            call.received();
+        }
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        self.admission.refund(self.charged);
+    }
+}
+
+impl HttpBody for MeteredBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.get_mut();
+        if this.call.as_ref().is_some_and(|c| c.is_evicted()) {
+            return Poll::Ready(Some(Err(evicted(this.admission.grace))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                if let Some(call) = &this.call {
+                    call.waker.register(cx.waker());
+                    this.admission.waiting(call);
+                }
+                Poll::Pending
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(status))) => {
+                this.finish();
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Some(announced) = this.framing.announced(data)
+                    && let Err(status) = this.charge(announced)
+                {
+                    this.finish();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(limit: usize, grace_ms: u64, budget: usize) -> Arc<Admission> {
+        let mut settings = likes_common::Settings::defaults().api;
+        settings.max_concurrent_requests = limit;
+        settings.request_body_grace_ms = grace_ms;
+        settings.max_request_bytes_in_flight = budget;
+        Arc::new(Admission::new(&settings))
+    }
+
+    fn place(admission: &Arc<Admission>) -> Option<Place> {
+        admission.try_admit().map(|call| Place {
+            call,
+            admission: Arc::clone(admission),
+        })
+    }
+
+    #[test]
+    fn framing_finds_announced_lengths_across_frames() {
+        let mut framing = Framing::default();
+        // A prefix split over two frames, then its message, then another.
+        assert_eq!(framing.announced(&[0, 0, 0]), None);
+        assert_eq!(framing.announced(&[1, 0]), Some(256));
+        assert_eq!(framing.announced(&[7; 200]), None);
+        let mut rest = vec![7; 56];
+        rest.extend_from_slice(&[0, 0, 0, 0, 3, 1, 2, 3]);
+        assert_eq!(framing.announced(&rest), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn places_are_limited_and_given_back() {
+        let admission = admission(2, 0, 1 << 20);
+        let a = place(&admission).expect("first place");
+        let _b = place(&admission).expect("second place");
+        assert!(place(&admission).is_none(), "two places only");
+        drop(a);
+        assert!(place(&admission).is_some());
+        assert_eq!(
+            admission.in_flight(),
+            1,
+            "the temporary place was given back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_gives_its_place_to_a_new_call_after_the_grace() {
+        let admission = admission(1, 200, 1 << 20);
+        let stalled = place(&admission).expect("a place");
+        admission.waiting(&stalled.call);
+        assert!(place(&admission).is_none(), "within the grace");
+        tokio::time::advance(Duration::from_millis(201)).await;
+        let newcomer = place(&admission).expect("the stalled call's place");
+        assert!(stalled.call.is_evicted());
+        assert_eq!(admission.in_flight(), 1);
+        drop(stalled);
+        assert_eq!(
+            admission.in_flight(),
+            1,
+            "an evicted place is not given back twice"
+        );
+        drop(newcomer);
+        assert_eq!(admission.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_whose_body_arrived_is_never_evicted() {
+        let admission = admission(1, 200, 1 << 20);
+        let running = place(&admission).expect("a place");
+        admission.waiting(&running.call);
+        running.call.received();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(place(&admission).is_none());
+        assert!(!running.call.is_evicted());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_byte_budget_counts_announced_messages_until_the_body_ends() {
+        let admission = admission(10, 0, 1_000);
+        assert!(admission.charge(600));
+        assert!(!admission.charge(401), "over the budget");
+        assert!(admission.charge(400));
+        admission.refund(1_000);
+        assert_eq!(admission.bytes_in_flight(), 0);
+    }
+}
