@@ -98,7 +98,7 @@ impl fmt::Debug for CommitCounter {
 impl CommitCounter {
     /// Connects to the `postgres` database of the server `url` names.
     pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
-        let (server, database) = split_database_url(url.expose())
+        let (server, database) = likes_db::split_database_url(url.expose())
             .with_context(|| format!("reading the database name of {url}"))?;
         let conn = AsyncPgConnection::establish(&format!("{server}/postgres"))
             .await
@@ -141,21 +141,6 @@ impl CommitCounter {
         }
         Ok(last)
     }
-}
-
-/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`).
-fn split_database_url(url: &str) -> anyhow::Result<(&str, &str)> {
-    let authority = url.find("://").context("no scheme")? + 3;
-    let slash = url[authority..]
-        .find('/')
-        .map(|i| authority + i)
-        .context("no database name")?;
-    let name = url[slash + 1..]
-        .split(['?', '#'])
-        .next()
-        .filter(|n| !n.is_empty())
-        .context("no database name")?;
-    Ok((&url[..slash], name))
 }
 
 /// Messages ready in the event queue, over a connection of its own.
@@ -209,20 +194,5 @@ impl QueueProbe {
         if let Some((connection, _)) = self.link.take() {
             let _ = connection.close(200, "done".into()).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_server_and_database() {
-        let (server, name) =
-            split_database_url("postgres://postgres@127.0.0.1:5432/likes_test_1?sslmode=disable")
-                .expect("valid url");
-        assert_eq!(server, "postgres://postgres@127.0.0.1:5432");
-        assert_eq!(name, "likes_test_1");
-        assert!(split_database_url("postgres://h:5432/").is_err());
     }
 }
