@@ -1,7 +1,9 @@
 //! Load generator for the likes service (unpublished).
 //!
-//! [`run`] starts the api and a worker in-process on a fresh database and
-//! fresh queues (through `likes_testkit::TestEnv`, removed afterwards), or
+//! [`run`] starts the api and a worker in-process from the loaded settings
+//! (`config/default.toml`, `LIKES_CONFIG`, `LIKES__*`), on a fresh database
+//! and fresh queues on the servers they name (through
+//! `likes_testkit::TestEnv::on`, removed afterwards), or
 //! uses a running api (`--target`), sends a celebrity-post workload, waits
 //! until every acknowledged request is persisted, and returns a [`Report`]:
 //! throughput, latency, drain time, queue depth, database transactions per
@@ -21,7 +23,6 @@ pub mod options;
 pub mod probe;
 pub mod report;
 pub mod scenario;
-pub mod verify;
 
 pub use monitor::ProgressView;
 pub use options::{Baseline, Options};
@@ -35,6 +36,7 @@ use likes_common::{
     config::{SecretUrl, WorkerSettings},
 };
 use likes_testkit::TestEnv;
+use likes_testkit::verify::{Stored, Verification};
 use likes_worker::stats::WorkerStats;
 use monitor::{Monitor, Persisted, Sample};
 use probe::{CommitCounter, Probe, QueueProbe};
@@ -48,7 +50,6 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use verify::Verification;
 
 /// Longest wait for `pg_stat_database` to settle before and after a run.
 const STATS_SETTLE_LIMIT: Duration = Duration::from_secs(10);
@@ -135,13 +136,19 @@ enum PersistedSource {
 
 type WorkerSettingsUsed = Option<WorkerSettings>;
 
+/// The loaded settings (`LIKES_CONFIG`, `LIKES__*`) with a fresh database
+/// and fresh queues on the servers they name, removed when dropped.
+fn fresh_env() -> anyhow::Result<TestEnv> {
+    TestEnv::on(Settings::load().context("loading the settings")?)
+}
+
 /// The api and a worker in-process, on a fresh database and fresh queues.
 async fn in_process(
     options: &Options,
     workload: &Workload,
     view: ProgressView,
 ) -> anyhow::Result<(SystemReport, Vec<Sample>, WorkerSettingsUsed)> {
-    let mut env = TestEnv::new();
+    let mut env = fresh_env()?;
     if let Some(size) = options.batch_size {
         env.settings.worker.batch_size = size;
     }
@@ -213,7 +220,7 @@ async fn direct(
     workload: &Workload,
     view: ProgressView,
 ) -> anyhow::Result<SystemReport> {
-    let env = TestEnv::new();
+    let env = fresh_env()?;
     // Declared so that the env's cleanup finds the queues it deletes.
     let (connection, _channel) = env.amqp().await?;
     let _ = connection.close(200, "done".into()).await;
@@ -417,7 +424,7 @@ async fn settle(
         let seen_at = Instant::now();
         let stored = probe.stored(&names.like_pattern()).await?;
         if bounds.admit(stored) {
-            let verification = verify::verify(probe, ledger, names).await?;
+            let verification = probe.verify(ledger, names).await?;
             if verification.passed() {
                 return Ok((Some(counter_reached.unwrap_or(seen_at)), verification));
             }
@@ -425,7 +432,7 @@ async fn settle(
                 return Ok((None, verification));
             }
         } else if Instant::now() >= deadline {
-            return Ok((None, verify::verify(probe, ledger, names).await?));
+            return Ok((None, probe.verify(ledger, names).await?));
         }
         // The counter ran ahead of the database (a failed request that was
         // published after all): go by what the database shows.
@@ -463,7 +470,7 @@ impl StoredBounds {
         bounds
     }
 
-    fn admit(&self, stored: probe::Stored) -> bool {
+    fn admit(&self, stored: Stored) -> bool {
         (self.known..=self.known + self.uncertain).contains(&stored.rows)
             && (self.liked..=self.liked + self.uncertain).contains(&stored.liked)
     }

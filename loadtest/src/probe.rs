@@ -4,6 +4,7 @@
 //! transactions from `pg_stat_database`, read from the `postgres` database
 //! so the reading itself is not counted.
 
+use crate::scenario::{Ledger, Names, RunExpectations};
 use anyhow::Context;
 use diesel::{
     QueryableByName,
@@ -12,6 +13,7 @@ use diesel::{
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
 use likes_common::{config::AmqpSettings, config::SecretUrl};
+use likes_testkit::verify::{self, Scope, Stored, Verification};
 use std::{
     fmt,
     sync::{
@@ -55,24 +57,19 @@ impl Probe {
 
     /// Rows of this run in `likes`, and how many of them are liked.
     pub async fn stored(&mut self, like_pattern: &str) -> anyhow::Result<Stored> {
-        let stored = diesel::sql_query(
-            "SELECT count(*) AS rows, count(*) FILTER (WHERE liked) AS liked
-             FROM likes WHERE post_id LIKE $1",
-        )
-        .bind::<Text, _>(like_pattern)
-        .get_result(self.statement())
-        .await?;
-        Ok(stored)
+        verify::stored(self.statement(), Scope::Posts(like_pattern)).await
     }
-}
 
-/// A count of stored pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
-pub struct Stored {
-    #[diesel(sql_type = BigInt)]
-    pub rows: i64,
-    #[diesel(sql_type = BigInt)]
-    pub liked: i64,
+    /// Verifies the run's rows against its ledger (one transaction).
+    pub async fn verify(&mut self, ledger: &Ledger, names: &Names) -> anyhow::Result<Verification> {
+        let expected = RunExpectations { ledger, names };
+        verify::verify(
+            self.statement(),
+            Scope::Posts(&names.like_pattern()),
+            &expected,
+        )
+        .await
+    }
 }
 
 #[derive(QueryableByName)]

@@ -1,9 +1,10 @@
 //! The final report: what was measured for the pipeline (and the baseline),
 //! as text for people or as one JSON object for scripts.
 
-use crate::{scenario::KindCounts, verify::Verification};
+use crate::scenario::KindCounts;
 use hdrhistogram::Histogram;
 use likes_common::config::BatchMode;
+use likes_testkit::verify::Verification;
 use serde::Serialize;
 use std::{collections::BTreeMap, fmt};
 
@@ -339,20 +340,7 @@ fn write_verification(f: &mut fmt::Formatter<'_>, system: &SystemReport) -> fmt:
     let v = &system.verification;
     let verdict = if v.passed() { "PASSED" } else { "FAILED" };
     writeln!(f, "verification ({}): {verdict}", system.system)?;
-    writeln!(
-        f,
-        "  pairs: {} expected ({} liked), {} stored, {} uncertain (a request failed)",
-        v.pairs_expected, v.pairs_liked, v.pairs_stored, v.pairs_uncertain
-    )?;
-    writeln!(
-        f,
-        "  missing {}, wrong state {}, unexpected {}, post counts wrong {}, counter invariant broken on {} posts",
-        v.missing, v.wrong_state, v.unexpected, v.count_mismatches, v.counter_invariant_mismatches
-    )?;
-    for example in &v.examples {
-        writeln!(f, "  - {example}")?;
-    }
-    Ok(())
+    write!(f, "{v}")
 }
 
 fn ms(micros: u64) -> String {

@@ -10,6 +10,8 @@
 //! expectations.
 
 use likes_db::Action;
+pub use likes_testkit::verify::Expectation;
+use likes_testkit::verify::Expectations;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use std::time::Duration;
 
@@ -127,15 +129,6 @@ pub struct Call {
 pub enum Answer {
     Acknowledged,
     Failed,
-}
-
-/// What the database must hold for a pair once everything is persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expectation {
-    Liked,
-    Unliked,
-    /// A request for it failed: either state (or no row) is acceptable.
-    Uncertain,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -292,6 +285,38 @@ impl Ledger {
             (false, Some(Action::Like)) => Expectation::Liked,
             (false, Some(Action::Unlike)) => Expectation::Unliked,
         })
+    }
+}
+
+/// A finished run's ledger as the verification reads it: pair numbers are
+/// the ledger's, ids are the run's [`Names`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunExpectations<'a> {
+    pub ledger: &'a Ledger,
+    pub names: &'a Names,
+}
+
+impl Expectations for RunExpectations<'_> {
+    fn pair_count(&self) -> usize {
+        self.ledger.pairs.len()
+    }
+
+    fn pair(&self, pair: usize) -> (String, String, Expectation) {
+        let number = u32::try_from(pair).expect("fewer than 2^32 pairs in one run");
+        let expectation = self
+            .ledger
+            .expectation(number)
+            .expect("pair numbers come from the ledger");
+        (
+            self.names.post(self.ledger.pairs[pair].post),
+            self.names.user(number),
+            expectation,
+        )
+    }
+
+    fn find(&self, post_id: &str, user_id: &str) -> Option<usize> {
+        let pair = self.names.parse_user(user_id)?;
+        (self.ledger.post_of(pair)? == self.names.parse_post(post_id)?).then_some(pair as usize)
     }
 }
 

@@ -215,3 +215,20 @@ async fn a_running_api_is_driven_and_verified_through_its_database() -> anyhow::
     assert!(per_like < 1.0, "{report}");
     Ok(())
 }
+
+#[test]
+fn the_in_process_load_test_reads_its_settings_from_the_environment() -> anyhow::Result<()> {
+    // Nothing listens on port 1: a load test that honours LIKES__DATABASE__URL
+    // cannot start, one that ignores it runs against the local default.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_likes-loadtest"))
+        .args(["--likes", "10", "--json"])
+        .env(
+            "LIKES__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/likes",
+        )
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("starting the api"), "{stderr}");
+    Ok(())
+}
