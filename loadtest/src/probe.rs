@@ -1,8 +1,8 @@
 //! Looking at the system under load without disturbing what is measured:
-//! the queue depth over AMQP, the measured database through a connection
-//! that counts its own statements, and that database's committed
-//! transactions from `pg_stat_database`, read from the `postgres` database
-//! so the reading itself is not counted.
+//! the measured database through a connection that counts its own
+//! statements, and that database's committed transactions from
+//! `pg_stat_database`, read from the `postgres` database so the reading
+//! itself is not counted. (The queue depth is in [`crate::broker`].)
 
 use crate::scenario::{Ledger, Names, RunExpectations};
 use anyhow::Context;
@@ -11,8 +11,7 @@ use diesel::{
     sql_types::{BigInt, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use lapin::{Channel, Connection, options::QueueDeclareOptions, types::FieldTable};
-use likes_common::{config::AmqpSettings, config::SecretUrl};
+use likes_common::config::SecretUrl;
 use likes_testkit::verify::{self, Scope, Stored, Verification};
 use std::{
     fmt,
@@ -137,59 +136,5 @@ impl CommitCounter {
             }
         }
         Ok(last)
-    }
-}
-
-/// Messages ready in the event queue, over a connection of its own.
-#[derive(Debug)]
-pub struct QueueProbe {
-    settings: AmqpSettings,
-    link: Option<(Connection, Channel)>,
-}
-
-impl QueueProbe {
-    pub fn new(settings: &AmqpSettings) -> Self {
-        Self {
-            settings: settings.clone(),
-            link: None,
-        }
-    }
-
-    /// Ready messages (not those delivered and unacked), or `None` if the
-    /// broker could not tell; the next call reconnects.
-    pub async fn depth(&mut self) -> Option<u32> {
-        match self.try_depth().await {
-            Ok(depth) => Some(depth),
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the queue depth");
-                self.link = None;
-                None
-            }
-        }
-    }
-
-    async fn try_depth(&mut self) -> anyhow::Result<u32> {
-        if self.link.is_none() {
-            let connection =
-                likes_common::amqp::connect(&self.settings, "likes-loadtest-depth").await?;
-            let channel = connection.create_channel().await?;
-            self.link = Some((connection, channel));
-        }
-        let (_, channel) = self.link.as_ref().expect("connected just above");
-        let declared = channel
-            .queue_declare(
-                self.settings.queue.as_str().into(),
-                QueueDeclareOptions::durable().passive(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(declared.message_count())
-    }
-
-    /// Closes the connection, if open.
-    pub async fn close(mut self) {
-        if let Some((connection, _)) = self.link.take() {
-            let _ = connection.close(200, "done".into()).await;
-        }
     }
 }

@@ -139,7 +139,7 @@ struct Pair {
 }
 
 /// Requests sent per kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KindCounts {
     pub fresh: u64,
     pub duplicate: u64,
