@@ -18,10 +18,11 @@ loadtest: services
 	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
 
 ## Batch size sweep: fixed sizes 10..5000 and the adaptive mode on a hot-post
-## and a spread workload, as a markdown table (a few minutes; BENCH_LIKES
-## requests per point, default 30000; see scripts/bench-batch.sh).
+## and a spread workload, as a markdown table (a few minutes; ARGS are
+## likes-loadtest bench-batch options, e.g. ARGS="--likes 10000 --sizes 50,500").
 bench-batch: services
-	@scripts/bench-batch.sh
+	$(CARGO) build --release --locked -p likes-loadtest
+	target/release/likes-loadtest bench-batch $(ARGS)
 
 ## Start / stop RabbitMQ and PostgreSQL with docker compose.
 up:
@@ -62,6 +63,8 @@ $(TOOLS)/compose-spec.json:
 check-compose: tools
 	$(CARGO) test --locked -p likes-loadtest --test it compose::
 
-## The performance bar of BENCHMARKS.md, with the ceiling, in one run (~8 min).
+## The performance bar of BENCHMARKS.md, with its ceilings, from one run
+## (~10 min; ARGS="--quick" for a shortened check). Results in target/bench/.
 bench: services
-	@scripts/bench.sh
+	$(CARGO) build --release --locked --bin likes-api --bin likes-worker --bin likes-loadtest
+	RUST_LOG=warn target/release/likes-loadtest bench $(ARGS)
