@@ -506,7 +506,7 @@ pub fn summary(r: &BenchResults) -> String {
                 c.transactions_per_like_ratio
                     .map(|x| format!("{}×", n(1.0 / x)))
             ),
-            direct.accepted_per_s
+            n(direct.accepted_per_s)
         );
     }
     let open = &r.open_loop.pipeline;
