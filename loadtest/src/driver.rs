@@ -40,32 +40,40 @@ pub enum Sink {
     Direct(PgPool),
 }
 
+/// Load-test clients of the api at `addr` (`host:port`, or a URI such as
+/// `http://host:port`), each on an HTTP/2 connection of its own.
+pub async fn connect(
+    addr: &str,
+    connections: usize,
+) -> anyhow::Result<Vec<LikeServiceClient<http2::Connection>>> {
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
+    let origin: Uri = uri.parse()?;
+    anyhow::ensure!(
+        origin.scheme_str() == Some("http"),
+        "the load generator speaks plaintext HTTP/2 only, not {uri}"
+    );
+    let authority = origin
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("no host:port in the api address {uri}"))?
+        .to_string();
+    let mut clients = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let connection = http2::Connection::open(&authority)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to the api at {uri}: {e}"))?;
+        clients.push(LikeServiceClient::with_origin(connection, origin.clone()));
+    }
+    Ok(clients)
+}
+
 impl Sink {
-    /// Clients on `connections` HTTP/2 connections of their own to `addr`
-    /// (`host:port`, or a URI such as `http://host:port`).
+    /// The api at `addr` over `connections` HTTP/2 connections ([`connect`]).
     pub async fn grpc(addr: &str, connections: usize) -> anyhow::Result<Self> {
-        let uri = if addr.contains("://") {
-            addr.to_owned()
-        } else {
-            format!("http://{addr}")
-        };
-        let origin: Uri = uri.parse()?;
-        anyhow::ensure!(
-            origin.scheme_str() == Some("http"),
-            "the load generator speaks plaintext HTTP/2 only, not {uri}"
-        );
-        let authority = origin
-            .authority()
-            .ok_or_else(|| anyhow::anyhow!("no host:port in the api address {uri}"))?
-            .to_string();
-        let mut clients = Vec::with_capacity(connections);
-        for _ in 0..connections {
-            let connection = http2::Connection::open(&authority)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot connect to the api at {uri}: {e}"))?;
-            clients.push(LikeServiceClient::with_origin(connection, origin.clone()));
-        }
-        Ok(Self::Grpc(clients))
+        Ok(Self::Grpc(connect(addr, connections).await?))
     }
 
     async fn send(&self, sender: usize, names: &Names, call: &Call) -> Result<(), String> {

@@ -1,7 +1,9 @@
 //! Load generator for the likes service (unpublished).
 //!
-//! [`run`] starts the api and a worker in-process on a fresh database and
-//! fresh queues (through `likes_testkit::TestEnv`, removed afterwards), or
+//! [`run`] starts the api and a worker in-process from the loaded settings
+//! (`config/default.toml`, `LIKES_CONFIG`, `LIKES__*`), on a fresh database
+//! and fresh queues on the servers they name (through
+//! `likes_testkit::TestEnv::on`, removed afterwards), or
 //! uses a running api (`--target`), sends a celebrity-post workload, waits
 //! until every acknowledged request is persisted, and returns a [`Report`]:
 //! throughput, latency, drain time, queue depth, database transactions per
@@ -13,21 +15,28 @@
 //! so the integration tests run exactly this code.
 
 pub mod baseline;
+pub mod bench;
+pub mod bench_batch;
+pub mod broker;
+pub mod ceiling;
 pub mod chart;
 pub mod driver;
 pub mod http2;
 pub mod monitor;
 pub mod options;
 pub mod probe;
+pub mod processes;
+pub mod procfs;
+pub mod reads;
 pub mod report;
 pub mod scenario;
-pub mod verify;
 
 pub use monitor::ProgressView;
 pub use options::{Baseline, Options};
 pub use report::Report;
 
 use anyhow::Context;
+use broker::QueueProbe;
 use driver::{Live, LoadOutcome, Sink};
 use hdrhistogram::Histogram;
 use likes_common::{
@@ -35,10 +44,11 @@ use likes_common::{
     config::{SecretUrl, WorkerSettings},
 };
 use likes_testkit::TestEnv;
+use likes_testkit::verify::{Stored, Verification};
 use likes_worker::stats::WorkerStats;
 use monitor::{Monitor, Persisted, Sample};
-use probe::{CommitCounter, Probe, QueueProbe};
-use report::{Comparison, Latency, Scenario, SystemReport, WorkerSummary};
+use probe::{CommitCounter, Probe};
+use report::{Comparison, Latency, ProcessCpu, Scenario, SystemReport, WorkerSummary};
 use scenario::{Expectation, Ledger, Names, Stop, Workload};
 use std::{
     sync::{
@@ -48,7 +58,6 @@ use std::{
     time::Duration,
 };
 use tokio::time::Instant;
-use verify::Verification;
 
 /// Longest wait for `pg_stat_database` to settle before and after a run.
 const STATS_SETTLE_LIMIT: Duration = Duration::from_secs(10);
@@ -113,7 +122,7 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
         baseline,
         comparison,
         // Read last: the peak of the whole run.
-        process_peak_rss_mib: peak_rss_mib(),
+        process_peak_rss_mib: procfs::peak_rss_mib("self"),
     })
 }
 
@@ -135,13 +144,19 @@ enum PersistedSource {
 
 type WorkerSettingsUsed = Option<WorkerSettings>;
 
+/// The loaded settings (`LIKES_CONFIG`, `LIKES__*`) with a fresh database
+/// and fresh queues on the servers they name, removed when dropped.
+fn fresh_env() -> anyhow::Result<TestEnv> {
+    TestEnv::on(Settings::load().context("loading the settings")?)
+}
+
 /// The api and a worker in-process, on a fresh database and fresh queues.
 async fn in_process(
     options: &Options,
     workload: &Workload,
     view: ProgressView,
 ) -> anyhow::Result<(SystemReport, Vec<Sample>, WorkerSettingsUsed)> {
-    let mut env = TestEnv::new();
+    let mut env = fresh_env()?;
     if let Some(size) = options.batch_size {
         env.settings.worker.batch_size = size;
     }
@@ -213,7 +228,7 @@ async fn direct(
     workload: &Workload,
     view: ProgressView,
 ) -> anyhow::Result<SystemReport> {
-    let env = TestEnv::new();
+    let env = fresh_env()?;
     // Declared so that the env's cleanup finds the queues it deletes.
     let (connection, _channel) = env.amqp().await?;
     let _ = connection.close(200, "done".into()).await;
@@ -254,23 +269,6 @@ impl WorkerCounts {
     }
 }
 
-/// Peak resident set size of this process so far (`VmHWM` in
-/// `/proc/self/status`), in MiB; `None` where there is no procfs. In-process
-/// it covers the load generator, the api and the worker together: an upper
-/// bound on the worker's own memory.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
 /// Sends the workload to `system`, waits for persistence, verifies, reports.
 async fn measure(
     system: System,
@@ -307,6 +305,8 @@ async fn measure(
         Stop::After(n) => Some(n),
         Stop::Elapsed(_) => None,
     };
+    let watched = watched_processes(options);
+    let cpu_before = cpu_of(&watched);
     let started = Instant::now();
     let monitor = Monitor::start(
         system.label,
@@ -343,6 +343,7 @@ async fn measure(
         deadline,
     )
     .await?;
+    let cpu_after = cpu_of(&watched);
     // Direct writes commit before they are answered.
     let persisted_at = persisted_at.map(|at| if direct_writes { load.finished } else { at });
     let samples = monitor.stop().await;
@@ -375,7 +376,16 @@ async fn measure(
                 final_batch_target: stats.batch_target(),
             }
         });
-    let report = system_report(
+    let process_cpu = watched
+        .iter()
+        .zip(cpu_before.iter().zip(&cpu_after))
+        .filter_map(|((name, _), (before, after))| {
+            let cpu_s = (*after)? - (*before)?;
+            let us_per_like = cpu_s * 1e6 / load.acknowledged.max(1) as f64;
+            Some((name.clone(), ProcessCpu { cpu_s, us_per_like }))
+        })
+        .collect();
+    let mut report = system_report(
         system.label,
         &load,
         persisted_at,
@@ -385,7 +395,22 @@ async fn measure(
         system.pool_size,
         verification,
     );
+    report.process_cpu = process_cpu;
     Ok((report, samples))
+}
+
+/// The load generator itself and the processes of `--cpu-of`.
+fn watched_processes(options: &Options) -> Vec<(String, u32)> {
+    std::iter::once(("load generator".to_owned(), std::process::id()))
+        .chain(options.cpu_of.iter().cloned())
+        .collect()
+}
+
+fn cpu_of(processes: &[(String, u32)]) -> Vec<Option<f64>> {
+    processes
+        .iter()
+        .map(|(_, pid)| procfs::cpu_seconds(*pid))
+        .collect()
 }
 
 /// Waits until everything acknowledged is persisted, or `deadline`, and
@@ -417,7 +442,7 @@ async fn settle(
         let seen_at = Instant::now();
         let stored = probe.stored(&names.like_pattern()).await?;
         if bounds.admit(stored) {
-            let verification = verify::verify(probe, ledger, names).await?;
+            let verification = probe.verify(ledger, names).await?;
             if verification.passed() {
                 return Ok((Some(counter_reached.unwrap_or(seen_at)), verification));
             }
@@ -425,7 +450,7 @@ async fn settle(
                 return Ok((None, verification));
             }
         } else if Instant::now() >= deadline {
-            return Ok((None, verify::verify(probe, ledger, names).await?));
+            return Ok((None, probe.verify(ledger, names).await?));
         }
         // The counter ran ahead of the database (a failed request that was
         // published after all): go by what the database shows.
@@ -463,7 +488,7 @@ impl StoredBounds {
         bounds
     }
 
-    fn admit(&self, stored: probe::Stored) -> bool {
+    fn admit(&self, stored: Stored) -> bool {
         (self.known..=self.known + self.uncertain).contains(&stored.rows)
             && (self.liked..=self.liked + self.uncertain).contains(&stored.liked)
     }
@@ -505,6 +530,7 @@ fn system_report(
             .then(|| ratio(transactions, load.acknowledged)),
         worker,
         pool_size,
+        process_cpu: std::collections::BTreeMap::new(),
         verification,
     }
 }

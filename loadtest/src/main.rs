@@ -1,15 +1,44 @@
-//! `likes-loadtest`: parses the options, runs the load test, prints the
-//! report. Exit status: 0 when verification passed, 1 when it found a
-//! difference, 2 when the test could not run, 130 when interrupted.
+//! `likes-loadtest`: parses the command line and runs the load test (no
+//! subcommand) or one of the tools built on it: `bench`, `bench-batch`,
+//! `reads`, `ceiling …`. Exit status of a load test: 0 when verification
+//! passed, 1 when it found a difference, 2 when the test could not run,
+//! 130 when interrupted.
 
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
 /// the CPU in profiles of `make loadtest`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use clap::Parser;
-use likes_loadtest::{Options, ProgressView};
+use clap::{Parser, Subcommand};
+use likes_loadtest::{Options, ProgressView, bench, bench_batch, ceiling::CeilingCommand, reads};
 use std::{io::IsTerminal, process::ExitCode};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "likes-loadtest",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Every figure of BENCHMARKS.md in one run, with the ceilings measured
+    /// right before (make bench).
+    Bench(bench::BenchOptions),
+    /// The worker's batch size swept over two workloads (make bench-batch).
+    BenchBatch(bench_batch::BatchOptions),
+    /// GetLikeCount latency of given posts on a running api.
+    Reads(reads::ReadOptions),
+    /// What RabbitMQ and PostgreSQL, or gRPC, allow on this machine at best.
+    #[command(subcommand)]
+    Ceiling(CeilingCommand),
+}
 
 fn main() -> ExitCode {
     match likes_common::runtime::block_on(run()) {
@@ -22,8 +51,41 @@ fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    let options = Options::parse();
+    let cli = Cli::parse();
     likes_common::telemetry::init(likes_common::config::LogFormat::Text, "warn");
+    let outcome = match cli.command {
+        None => return load_test(&cli.load).await,
+        Some(Command::Bench(options)) => bench::run(&options).await,
+        Some(Command::BenchBatch(options)) => bench_batch::run(&options).await,
+        Some(Command::Reads(options)) => reads::measure(&options).await.map(|reads| {
+            for r in reads {
+                println!(
+                    "post={} count={} calls={} p50_us={} p99_us={} max_us={}",
+                    r.post,
+                    r.count,
+                    r.latency_us.count,
+                    r.latency_us.p50,
+                    r.latency_us.p99,
+                    r.latency_us.max
+                );
+            }
+            true
+        }),
+        Some(Command::Ceiling(command)) => {
+            likes_loadtest::ceiling::run(&command).await.map(|()| true)
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("likes-loadtest: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn load_test(options: &Options) -> ExitCode {
     let view = if options.json || !std::io::stderr().is_terminal() {
         ProgressView::Hidden
     } else {
@@ -32,7 +94,7 @@ async fn run() -> ExitCode {
     // Dropping the run on Ctrl-C drops its TestEnv, which removes the
     // database and queues it made.
     let outcome = tokio::select! {
-        outcome = likes_loadtest::run(&options, view) => outcome,
+        outcome = likes_loadtest::run(options, view) => outcome,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("likes-loadtest: interrupted; removing what it made");
             return ExitCode::from(130);

@@ -2,10 +2,7 @@
 //! persisted, queue depth — for the chart and the peak queue depth, and
 //! draws the live progress bar from the same samples.
 
-use crate::{
-    driver::Live,
-    probe::{Probe, QueueProbe},
-};
+use crate::{broker::QueueProbe, driver::Live, probe::Probe};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use likes_worker::stats::WorkerStats;
 use std::{sync::Arc, time::Duration};

@@ -108,6 +108,12 @@ pub struct Options {
     /// Seed of the workload's random choices (default: a random one).
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Also report the CPU a process uses per acknowledged request, from the
+    /// first request to the last one committed (repeat the flag; the load
+    /// generator's own is always reported).
+    #[arg(long = "cpu-of", value_name = "NAME=PID", value_parser = named_pid)]
+    pub cpu_of: Vec<(String, u32)>,
 }
 
 /// How the baseline writes.
@@ -157,6 +163,14 @@ fn batch_mode(raw: &str) -> Result<BatchMode, String> {
         "adaptive" => Ok(BatchMode::Adaptive),
         other => Err(format!("{other:?} is neither fixed nor adaptive")),
     }
+}
+
+fn named_pid(raw: &str) -> Result<(String, u32), String> {
+    let (name, pid) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("{raw:?} is not NAME=PID"))?;
+    let pid = pid.parse().map_err(|e| format!("{pid:?}: {e}"))?;
+    Ok((name.to_owned(), pid))
 }
 
 fn positive_rate(raw: &str) -> Result<f64, String> {
@@ -218,5 +232,15 @@ mod tests {
         let options = Options::parse_from(["x", "--batch-mode", "fixed"]);
         assert_eq!(options.batch_mode, Some(BatchMode::Fixed));
         assert!(Options::try_parse_from(["x", "--batch-mode", "auto"]).is_err());
+    }
+
+    #[test]
+    fn cpu_of_takes_named_pids() {
+        let options = Options::parse_from(["x", "--cpu-of", "api=12", "--cpu-of", "broker=7"]);
+        assert_eq!(
+            options.cpu_of,
+            [("api".to_owned(), 12), ("broker".to_owned(), 7)]
+        );
+        assert!(Options::try_parse_from(["x", "--cpu-of", "api"]).is_err());
     }
 }

@@ -1,17 +1,18 @@
 //! Looking at the system under load without disturbing what is measured:
-//! the queue depth over AMQP, the measured database through a connection
-//! that counts its own statements, and that database's committed
-//! transactions from `pg_stat_database`, read from the `postgres` database
-//! so the reading itself is not counted.
+//! the measured database through a connection that counts its own
+//! statements, and that database's committed transactions from
+//! `pg_stat_database`, read from the `postgres` database so the reading
+//! itself is not counted. (The queue depth is in [`crate::broker`].)
 
+use crate::scenario::{Ledger, Names, RunExpectations};
 use anyhow::Context;
 use diesel::{
     QueryableByName,
     sql_types::{BigInt, Text},
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use likes_common::{config::AmqpSettings, config::SecretUrl};
-use likes_queue::{Channel, Connection};
+use likes_common::config::SecretUrl;
+use likes_testkit::verify::{self, Scope, Stored, Verification};
 use std::{
     fmt,
     sync::{
@@ -55,24 +56,19 @@ impl Probe {
 
     /// Rows of this run in `likes`, and how many of them are liked.
     pub async fn stored(&mut self, like_pattern: &str) -> anyhow::Result<Stored> {
-        let stored = diesel::sql_query(
-            "SELECT count(*) AS rows, count(*) FILTER (WHERE liked) AS liked
-             FROM likes WHERE post_id LIKE $1",
-        )
-        .bind::<Text, _>(like_pattern)
-        .get_result(self.statement())
-        .await?;
-        Ok(stored)
+        verify::stored(self.statement(), Scope::Posts(like_pattern)).await
     }
-}
 
-/// A count of stored pairs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
-pub struct Stored {
-    #[diesel(sql_type = BigInt)]
-    pub rows: i64,
-    #[diesel(sql_type = BigInt)]
-    pub liked: i64,
+    /// Verifies the run's rows against its ledger (one transaction).
+    pub async fn verify(&mut self, ledger: &Ledger, names: &Names) -> anyhow::Result<Verification> {
+        let expected = RunExpectations { ledger, names };
+        verify::verify(
+            self.statement(),
+            Scope::Posts(&names.like_pattern()),
+            &expected,
+        )
+        .await
+    }
 }
 
 #[derive(QueryableByName)]
@@ -98,7 +94,7 @@ impl fmt::Debug for CommitCounter {
 impl CommitCounter {
     /// Connects to the `postgres` database of the server `url` names.
     pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
-        let (server, database) = split_database_url(url.expose())
+        let (server, database) = likes_db::split_database_url(url.expose())
             .with_context(|| format!("reading the database name of {url}"))?;
         let conn = AsyncPgConnection::establish(&format!("{server}/postgres"))
             .await
@@ -140,81 +136,5 @@ impl CommitCounter {
             }
         }
         Ok(last)
-    }
-}
-
-/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`).
-fn split_database_url(url: &str) -> anyhow::Result<(&str, &str)> {
-    let authority = url.find("://").context("no scheme")? + 3;
-    let slash = url[authority..]
-        .find('/')
-        .map(|i| authority + i)
-        .context("no database name")?;
-    let name = url[slash + 1..]
-        .split(['?', '#'])
-        .next()
-        .filter(|n| !n.is_empty())
-        .context("no database name")?;
-    Ok((&url[..slash], name))
-}
-
-/// Messages ready in the event queue, over a connection of its own.
-#[derive(Debug)]
-pub struct QueueProbe {
-    settings: AmqpSettings,
-    link: Option<(Connection, Channel)>,
-}
-
-impl QueueProbe {
-    pub fn new(settings: &AmqpSettings) -> Self {
-        Self {
-            settings: settings.clone(),
-            link: None,
-        }
-    }
-
-    /// Ready messages (not those delivered and unacked), or `None` if the
-    /// broker could not tell; the next call reconnects.
-    pub async fn depth(&mut self) -> Option<u32> {
-        match self.try_depth().await {
-            Ok(depth) => Some(depth),
-            Err(error) => {
-                tracing::debug!(%error, "cannot read the queue depth");
-                self.link = None;
-                None
-            }
-        }
-    }
-
-    async fn try_depth(&mut self) -> anyhow::Result<u32> {
-        if self.link.is_none() {
-            let connection = likes_queue::connect(&self.settings, "likes-loadtest-depth").await?;
-            let channel = connection.create_channel().await?;
-            self.link = Some((connection, channel));
-        }
-        let (_, channel) = self.link.as_ref().expect("connected just above");
-        Ok(likes_queue::queue_depth(channel, &self.settings.queue).await?)
-    }
-
-    /// Closes the connection, if open.
-    pub async fn close(mut self) {
-        if let Some((connection, _)) = self.link.take() {
-            let _ = connection.close(200, "done".into()).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_server_and_database() {
-        let (server, name) =
-            split_database_url("postgres://postgres@127.0.0.1:5432/likes_test_1?sslmode=disable")
-                .expect("valid url");
-        assert_eq!(server, "postgres://postgres@127.0.0.1:5432");
-        assert_eq!(name, "likes_test_1");
-        assert!(split_database_url("postgres://h:5432/").is_err());
     }
 }

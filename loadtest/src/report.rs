@@ -1,14 +1,15 @@
 //! The final report: what was measured for the pipeline (and the baseline),
 //! as text for people or as one JSON object for scripts.
 
-use crate::{scenario::KindCounts, verify::Verification};
+use crate::scenario::KindCounts;
 use hdrhistogram::Histogram;
 use likes_common::config::BatchMode;
-use serde::Serialize;
+use likes_testkit::verify::Verification;
+use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt};
 
 /// Everything one run measured and verified.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: Scenario,
     pub pipeline: SystemReport,
@@ -33,7 +34,7 @@ impl Report {
 }
 
 /// The options the run used.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
     /// `in-process`, or the address of the running api.
     pub target: String,
@@ -56,7 +57,7 @@ pub struct Scenario {
 }
 
 /// What one system (the pipeline, or the direct baseline) did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SystemReport {
     /// `pipeline` or `direct`.
     pub system: String,
@@ -88,11 +89,24 @@ pub struct SystemReport {
     pub worker: Option<WorkerSummary>,
     /// Connections of the baseline's pool.
     pub pool_size: Option<u32>,
+    /// CPU of the load generator and of the processes named by `--cpu-of`,
+    /// from the first request to the last one committed.
+    #[serde(default)]
+    pub process_cpu: BTreeMap<String, ProcessCpu>,
     pub verification: Verification,
 }
 
+/// CPU one process used during a measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProcessCpu {
+    /// User plus system seconds.
+    pub cpu_s: f64,
+    /// Microseconds per acknowledged request.
+    pub us_per_like: f64,
+}
+
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Latency {
     pub count: u64,
     pub p50: u64,
@@ -136,7 +150,7 @@ impl Latency {
 }
 
 /// What the in-process worker's counters say.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSummary {
     /// Batches committed, one transaction each.
     pub batches: u64,
@@ -155,7 +169,7 @@ pub struct WorkerSummary {
 }
 
 /// The pipeline relative to the direct baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     /// Pipeline accepted/s over baseline accepted/s.
     pub accepted_ratio: f64,
@@ -305,6 +319,17 @@ impl fmt::Display for Report {
             r.worker
                 .map_or_else(|| "-".to_owned(), |w| w.dead_lettered.to_string())
         });
+        let mut processes: Vec<&String> =
+            systems.iter().flat_map(|s| s.process_cpu.keys()).collect();
+        processes.sort();
+        processes.dedup();
+        for name in processes {
+            table.row(&format!("CPU per like: {name}"), |r| {
+                r.process_cpu
+                    .get(name)
+                    .map_or_else(|| "-".to_owned(), |c| format!("{:.1} µs", c.us_per_like))
+            });
+        }
         write!(f, "{table}")?;
         if let Some(rss) = self.process_peak_rss_mib {
             writeln!(
@@ -339,20 +364,7 @@ fn write_verification(f: &mut fmt::Formatter<'_>, system: &SystemReport) -> fmt:
     let v = &system.verification;
     let verdict = if v.passed() { "PASSED" } else { "FAILED" };
     writeln!(f, "verification ({}): {verdict}", system.system)?;
-    writeln!(
-        f,
-        "  pairs: {} expected ({} liked), {} stored, {} uncertain (a request failed)",
-        v.pairs_expected, v.pairs_liked, v.pairs_stored, v.pairs_uncertain
-    )?;
-    writeln!(
-        f,
-        "  missing {}, wrong state {}, unexpected {}, post counts wrong {}, counter invariant broken on {} posts",
-        v.missing, v.wrong_state, v.unexpected, v.count_mismatches, v.counter_invariant_mismatches
-    )?;
-    for example in &v.examples {
-        writeln!(f, "  - {example}")?;
-    }
-    Ok(())
+    write!(f, "{v}")
 }
 
 fn ms(micros: u64) -> String {

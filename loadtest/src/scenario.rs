@@ -10,6 +10,8 @@
 //! expectations.
 
 use likes_db::Action;
+pub use likes_testkit::verify::Expectation;
+use likes_testkit::verify::Expectations;
 use rand::{RngExt, SeedableRng, rngs::SmallRng};
 use std::time::Duration;
 
@@ -129,15 +131,6 @@ pub enum Answer {
     Failed,
 }
 
-/// What the database must hold for a pair once everything is persisted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expectation {
-    Liked,
-    Unliked,
-    /// A request for it failed: either state (or no row) is acceptable.
-    Uncertain,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Pair {
     post: u32,
@@ -146,7 +139,7 @@ struct Pair {
 }
 
 /// Requests sent per kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KindCounts {
     pub fresh: u64,
     pub duplicate: u64,
@@ -292,6 +285,38 @@ impl Ledger {
             (false, Some(Action::Like)) => Expectation::Liked,
             (false, Some(Action::Unlike)) => Expectation::Unliked,
         })
+    }
+}
+
+/// A finished run's ledger as the verification reads it: pair numbers are
+/// the ledger's, ids are the run's [`Names`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunExpectations<'a> {
+    pub ledger: &'a Ledger,
+    pub names: &'a Names,
+}
+
+impl Expectations for RunExpectations<'_> {
+    fn pair_count(&self) -> usize {
+        self.ledger.pairs.len()
+    }
+
+    fn pair(&self, pair: usize) -> (String, String, Expectation) {
+        let number = u32::try_from(pair).expect("fewer than 2^32 pairs in one run");
+        let expectation = self
+            .ledger
+            .expectation(number)
+            .expect("pair numbers come from the ledger");
+        (
+            self.names.post(self.ledger.pairs[pair].post),
+            self.names.user(number),
+            expectation,
+        )
+    }
+
+    fn find(&self, post_id: &str, user_id: &str) -> Option<usize> {
+        let pair = self.names.parse_user(user_id)?;
+        (self.ledger.post_of(pair)? == self.names.parse_post(post_id)?).then_some(pair as usize)
     }
 }
 

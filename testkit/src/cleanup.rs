@@ -28,13 +28,12 @@ pub(crate) fn remove(settings: &Settings) {
 }
 
 async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
-    let url = settings.database.url.expose();
-    let name = url
-        .rsplit('/')
-        .next()
-        .filter(|n| n.starts_with("likes_test_"))
-        .ok_or_else(|| anyhow::anyhow!("refusing to drop a database not made by a test"))?;
-    let mut conn = AsyncPgConnection::establish(&format!("{}/postgres", crate::PG_SERVER)).await?;
+    let (server, name) = likes_db::split_database_url(settings.database.url.expose())?;
+    anyhow::ensure!(
+        name.starts_with("likes_test_"),
+        "refusing to drop a database not made by a test"
+    );
+    let mut conn = AsyncPgConnection::establish(&format!("{server}/postgres")).await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await?;

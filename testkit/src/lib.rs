@@ -13,6 +13,7 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 mod running;
+pub mod tools;
 pub mod verify;
 
 pub use running::{RunningApi, RunningWorker};
@@ -25,10 +26,8 @@ use likes_queue::{BasicProperties, Channel, Connection, codec};
 use std::{future::Future, time::Duration};
 use tokio::time::Instant;
 
-/// PostgreSQL server the tests use (trust auth on the development machines).
-pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// One test's private database and queues, and settings pointing at them.
+/// One test's (or load run's) private database and queues, and settings
+/// pointing at them.
 #[derive(Debug)]
 pub struct TestEnv {
     pub settings: Settings,
@@ -36,14 +35,29 @@ pub struct TestEnv {
 }
 
 impl TestEnv {
-    /// Settings from the committed defaults, with a fresh database name,
-    /// fresh queue names, and the api on an ephemeral port.
+    /// Settings from the committed defaults (the local RabbitMQ and
+    /// PostgreSQL), a pool of 4 connections, fresh names (see [`TestEnv::on`]).
+    /// Tests build their settings in code: the environment does not reach them.
     pub fn new() -> Self {
         likes_common::telemetry::init_for_tests();
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let mut settings = Settings::defaults();
-        settings.database.url = SecretUrl::new(format!("{PG_SERVER}/likes_test_{id}"));
         settings.database.pool_size = 4;
+        Self::on(settings).expect("the committed default database url names a database")
+    }
+
+    /// `base` (say, `Settings::load()`, so `LIKES__*` reach a load run) with a
+    /// fresh database `likes_test_<id>` on the same PostgreSQL server, fresh
+    /// queues `likes.test.<id>.*` on the same broker, the api on an ephemeral
+    /// port and no metrics endpoints. Dropping the env removes them.
+    pub fn on(base: Settings) -> anyhow::Result<Self> {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut settings = base;
+        let url = settings.database.url.expose();
+        let (server, name) = likes_db::split_database_url(url)
+            .with_context(|| format!("reading {}", settings.database.url))?;
+        // What follows the name (`?sslmode=…`) is kept.
+        let rest = &url[server.len() + 1 + name.len()..];
+        settings.database.url = SecretUrl::new(format!("{server}/likes_test_{id}{rest}"));
         settings.amqp.queue = format!("likes.test.{id}.events");
         settings.amqp.dead_letter_queue = format!("likes.test.{id}.dead");
         settings.api.listen = "127.0.0.1:0".parse().expect("literal address");
@@ -51,7 +65,7 @@ impl TestEnv {
         // only binaries serve metrics (tests that scrape pick free ports).
         settings.api.metrics_listen = String::new();
         settings.worker.metrics_listen = String::new();
-        Self { settings, id }
+        Ok(Self { settings, id })
     }
 
     /// The random suffix of this env's names.
@@ -221,5 +235,35 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_env_keeps_the_servers_and_takes_fresh_names() {
+        let mut base = Settings::defaults();
+        base.database.url = SecretUrl::new("postgres://u:pw@db.example:6432/likes?sslmode=require");
+        base.amqp.url = SecretUrl::new("amqp://u:pw@mq.example:5673/%2f");
+        let env = TestEnv::on(base).expect("a url with a database name");
+        let url = env.settings.database.url.expose();
+        let expected = format!(
+            "postgres://u:pw@db.example:6432/likes_test_{}?sslmode=require",
+            env.id()
+        );
+        assert_eq!(url, expected);
+        assert_eq!(
+            env.settings.amqp.url.expose(),
+            "amqp://u:pw@mq.example:5673/%2f"
+        );
+        assert_eq!(
+            env.settings.amqp.queue,
+            format!("likes.test.{}.events", env.id())
+        );
+        // Dropping it would try to remove what it never made on servers
+        // that do not exist.
+        std::mem::forget(env);
     }
 }

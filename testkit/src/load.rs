@@ -1,17 +1,10 @@
-//! Drives likes through a running api and checks the result in PostgreSQL.
+//! Drives likes through a running api; [`check_exactly`] (from
+//! [`crate::verify`]) then checks the result in PostgreSQL.
 
-use crate::verify;
-use diesel::{
-    QueryableByName,
-    sql_types::{BigInt, Text},
-};
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+pub use crate::verify::check_exactly;
 use futures_util::{StreamExt, stream};
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
-use std::{
-    collections::{BTreeMap, HashSet},
-    time::Duration,
-};
+use std::time::Duration;
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
@@ -79,54 +72,4 @@ pub async fn like_all(
         outcome.retried += retried;
     }
     Ok(outcome)
-}
-
-#[derive(QueryableByName)]
-struct PostCount {
-    #[diesel(sql_type = Text)]
-    post_id: String,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
-/// Checks that PostgreSQL holds exactly the acknowledged likes: every pair
-/// liked once, each post's counter equal to its number of distinct pairs,
-/// no other post counted, and the counter invariant intact.
-pub async fn check_exactly(
-    conn: &mut AsyncPgConnection,
-    acknowledged: &[(String, String)],
-) -> anyhow::Result<()> {
-    let distinct: HashSet<&(String, String)> = acknowledged.iter().collect();
-    let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    for (post, _) in &distinct {
-        *expected.entry(post.clone()).or_default() += 1;
-    }
-    let counters: BTreeMap<String, i64> =
-        diesel::sql_query("SELECT post_id, count AS n FROM like_counts WHERE count <> 0")
-            .load::<PostCount>(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.post_id, r.n))
-            .collect();
-    let liked: BTreeMap<String, i64> =
-        diesel::sql_query("SELECT post_id, count(*) AS n FROM likes WHERE liked GROUP BY post_id")
-            .load::<PostCount>(conn)
-            .await?
-            .into_iter()
-            .map(|r| (r.post_id, r.n))
-            .collect();
-    anyhow::ensure!(
-        counters == expected,
-        "counters {counters:?} != expected {expected:?}"
-    );
-    anyhow::ensure!(
-        liked == expected,
-        "liked pairs {liked:?} != expected {expected:?}"
-    );
-    let mismatches = verify::counter_mismatches(conn).await?;
-    anyhow::ensure!(
-        mismatches == 0,
-        "{mismatches} posts break the counter invariant"
-    );
-    Ok(())
 }

