@@ -61,10 +61,10 @@ pub enum TopologyError {
     #[error("RabbitMQ refused the topology: {0}")]
     Broker(#[from] lapin::Error),
     #[error(
-        "amqp.shards is {shards}, but queue {found} of another shard layout exists; \
-         changing the number of shards needs the drain-and-switch steps of the README \
-         (stop the apis, let the workers drain the old queues, delete them, restart everything \
-         with the new amqp.shards)"
+        "amqp.shards is {shards}, but queue {found} of another shard layout still holds \
+         messages or has consumers; changing the number of shards needs the drain-and-switch \
+         steps of the README (stop the apis, let the old workers drain the old queues, stop \
+         them, then start everything with the new amqp.shards)"
     )]
     ShardsChanged { shards: u16, found: String },
 }
@@ -123,9 +123,15 @@ pub async fn declare_topology(
     Ok(())
 }
 
-/// With one shard, `<queue>.0` must not exist; with K, neither `<queue>` nor
-/// `<queue>.K` may (a layout with more shards has it). A passive declare of
-/// a missing queue closes its channel, so each check has its own.
+/// The event queues another shard layout would have that this one does
+/// not: with one shard `<queue>.0`, with K shards `<queue>` and `<queue>.K`
+/// (left by a larger K). Each is deleted if it is empty and has no consumer
+/// (a layout fully drained and stopped is switched without ceremony; a
+/// missing queue deletes fine too), and refused otherwise: its likes must
+/// be drained by workers of its own layout first. Deleting rather than
+/// probing with a passive declare also keeps RabbitMQ from closing a channel
+/// (and lapin from logging an error) for the usual case, a queue that does
+/// not exist.
 async fn refuse_other_layouts(
     connection: &Connection,
     settings: &AmqpSettings,
@@ -140,15 +146,36 @@ async fn refuse_other_layouts(
     };
     for other in others {
         let channel = connection.create_channel().await?;
-        if queue_depth(&channel, &other).await.is_ok() {
-            let _ = channel.close(200, "checked".into()).await;
-            return Err(TopologyError::ShardsChanged {
-                shards: settings.shards,
-                found: other,
-            });
+        let deleted = channel
+            .queue_delete(
+                other.as_str().into(),
+                QueueDeleteOptions {
+                    if_unused: true,
+                    if_empty: true,
+                    ..QueueDeleteOptions::default()
+                },
+            )
+            .await;
+        match deleted {
+            Ok(_) => {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+            Err(error) if is_precondition_failed(&error) => {
+                return Err(TopologyError::ShardsChanged {
+                    shards: settings.shards,
+                    found: other,
+                });
+            }
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(())
+}
+
+/// RabbitMQ's 406, which `queue.delete` with `if-empty` / `if-unused`
+/// answers for a queue that holds messages or has consumers.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
 }
 
 async fn declare_event_queue(

@@ -94,6 +94,15 @@ impl RunningWorker {
         })
     }
 
+    /// Waits for the worker to end by itself (it ends only on an error it
+    /// does not retry) and reports how it ended.
+    pub async fn ended(mut self) -> anyhow::Result<()> {
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+
     /// Graceful stop: flushes, commits and acks the batch in hand.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.shutdown.cancel();

@@ -1,5 +1,7 @@
 //! Shards: more than one event queue, routed by post id.
 
+use crate::event;
+use likes_proto::pb::like_event::Action;
 use likes_testkit::{
     TestEnv, eventually,
     load::{check_exactly, like_all},
@@ -63,20 +65,22 @@ async fn with_four_shards_every_shard_carries_likes_and_two_workers_count_them_e
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_changed_number_of_shards_is_refused_until_the_old_queues_are_gone() -> anyhow::Result<()>
-{
+async fn a_changed_number_of_shards_is_refused_while_the_old_queues_hold_likes()
+-> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    // Declares the one-shard layout: queue `<queue>`.
-    let (connection, _channel) = env.amqp().await?;
+    // The one-shard layout, with a like waiting in `<queue>`.
+    let (connection, channel) = env.amqp().await?;
+    env.publish_event(&channel, &event("p", "u", Action::Like, 1))
+        .await?;
     let mut four = env.settings.amqp.clone();
     four.shards = 4;
     let refused = likes_queue::declare_topology(&connection, &four)
         .await
-        .expect_err("an unsharded queue exists");
+        .expect_err("the unsharded queue holds a like");
     let message = refused.to_string();
     assert!(message.contains(&env.settings.amqp.queue), "{message}");
     assert!(message.contains("drain-and-switch"), "{message}");
-    // The api refuses to start on it, saying so.
+    // The api refuses to start on it, saying so, and so does the worker.
     let mut sharded = env.settings.clone();
     sharded.amqp.shards = 4;
     let error = likes_testkit::RunningApi::spawn_with(&sharded)
@@ -86,24 +90,43 @@ async fn a_changed_number_of_shards_is_refused_until_the_old_queues_are_gone() -
         format!("{error:#}").contains("drain-and-switch"),
         "{error:#}"
     );
+    let worker = env.spawn_worker_with(&sharded).await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), worker.ended())
+        .await?
+        .expect_err("the worker must stop on another layout");
+    assert!(
+        format!("{ended:#}").contains("drain-and-switch"),
+        "{ended:#}"
+    );
 
-    // Drained and deleted, the new layout is declared.
-    let channel = connection.create_channel().await?;
-    likes_queue::delete_topology(&channel, &env.settings.amqp).await?;
+    // Drained by a worker of the old layout, the switch goes through and
+    // the empty old queue is gone.
+    let old_worker = env.spawn_worker().await?;
+    env.wait_for_stored_pairs(1, Duration::from_secs(10))
+        .await?;
+    old_worker.stop().await?;
     likes_queue::declare_topology(&connection, &four).await?;
-    // Going back from four to two finds `<queue>.2`.
+    assert!(
+        env.queue_depth(&env.settings.amqp.queue).await.is_err(),
+        "deleted"
+    );
+    // Going from four back to two finds a like in `<queue>.2`.
+    env.settings.amqp.shards = 4;
+    let third = likes_queue::shard_queue(&four, 2);
+    let waiting = event("p", "v", Action::Like, 2);
+    likes_queue::publish_confirmed(
+        &channel,
+        &third,
+        &prost::Message::encode_to_vec(&waiting),
+        likes_queue::codec::event_properties(&waiting.event_id),
+    )
+    .await?;
     let mut two = four.clone();
     two.shards = 2;
     let refused = likes_queue::declare_topology(&connection, &two)
         .await
-        .expect_err("a fourth-shard queue exists");
-    assert!(
-        refused
-            .to_string()
-            .contains(&format!("{}.2", env.settings.amqp.queue))
-    );
-    // So the env's cleanup removes the four shard queues.
-    env.settings.amqp.shards = 4;
+        .expect_err("a like waits in the third shard");
+    assert!(refused.to_string().contains(&third), "{refused}");
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
