@@ -7,6 +7,7 @@
 //! [`TestEnv::spawn_worker`] start the real api and worker code in-process.
 
 mod cleanup;
+pub mod cluster;
 pub mod faults;
 pub mod http2;
 pub mod load;
