@@ -10,6 +10,7 @@
 //! measurements are printed whatever the outcome).
 
 mod fixture;
+mod node_loss;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use likes_testkit::cluster::{Cluster, Installation};
@@ -32,7 +33,25 @@ fn main() -> ExitCode {
     // One scenario at a time: each owns the cluster while it runs.
     args.test_threads = Some(1);
     let shared: Shared = Arc::default();
-    let scenarios: [(&str, Scenario); 0] = [];
+    let scenarios: [(&str, Scenario); 3] = [
+        (
+            "node_loss::stopping_the_broker_on_the_node_in_use_loses_no_like",
+            |cluster| Box::pin(node_loss::survive(cluster, node_loss::Fault::StopApp)),
+        ),
+        (
+            "node_loss::killing_the_vm_of_the_node_in_use_loses_no_like",
+            |cluster| Box::pin(node_loss::survive(cluster, node_loss::Fault::Kill)),
+        ),
+        (
+            "node_loss::a_rolling_restart_of_every_node_loses_no_like",
+            |cluster| {
+                Box::pin(node_loss::survive(
+                    cluster,
+                    node_loss::Fault::RollingRestart,
+                ))
+            },
+        ),
+    ];
     let mut trials: Vec<Trial> = scenarios
         .into_iter()
         .map(|(name, scenario)| {

@@ -1,0 +1,404 @@
+//! Losing a broker node under a steady load of a few thousand likes a
+//! second: the api and the worker list all three nodes in `amqp.url`, the
+//! event queue is a quorum queue, and the node they use (which also hosts
+//! the queue's leader, as it was declared through it) goes away. Each test
+//! checks that both move to another node within a few seconds, that the
+//! api's health goes NOT_SERVING and back to SERVING, and that every Like
+//! answered OK is stored exactly once and none is dead-lettered; and
+//! prints what callers saw (the README's failure table quotes it).
+
+use likes_common::config::{QueueType, SecretUrl};
+use likes_testkit::{
+    RunningApi, TestEnv,
+    cluster::Cluster,
+    eventually,
+    load::{Steady, SteadyOutcome, check_exactly, like_steadily},
+};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+use tokio::{task::JoinHandle, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// How long api and worker may take to be connected to another node.
+const MOVE_WITHIN: Duration = Duration::from_secs(10);
+/// Failed answers less than this apart belong to one unavailable window.
+const WINDOW_GAP: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `rabbitmqctl stop_app` on the node in use, later `start_app`.
+    StopApp,
+    /// SIGKILL of the node's Erlang VM, later booted again.
+    Kill,
+    /// Every node stopped (`rabbitmqctl stop`) and booted again, one after
+    /// the other, each once no quorum queue depends on it alone.
+    RollingRestart,
+}
+
+impl Fault {
+    fn label(self) -> &'static str {
+        match self {
+            Self::StopApp => "stop_app",
+            Self::Kill => "SIGKILL",
+            Self::RollingRestart => "rolling restart",
+        }
+    }
+}
+
+pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> {
+    cluster.heal().await?;
+    let mut env = TestEnv::new();
+    env.settings.amqp.url = SecretUrl::new(cluster.urls());
+    env.settings.amqp.queue_type = QueueType::Quorum;
+    let api = env.spawn_api().await?;
+    let worker = env.spawn_worker().await?;
+    let queue = env.settings.amqp.queue.clone();
+
+    let (api_node, worker_node) = placement(cluster, &queue).await?;
+    anyhow::ensure!(
+        api_node == worker_node,
+        "api on {}, worker on {}: both should use the first node listed",
+        short(cluster, api_node),
+        short(cluster, worker_node)
+    );
+    let home = api_node;
+    let leader = cluster.queue_leader(&queue).await?;
+    anyhow::ensure!(
+        leader == Some(home),
+        "the queue was declared through {} but its leader is on {leader:?}",
+        short(cluster, home)
+    );
+
+    let health = HealthLog::watch(api.addr).await?;
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(like_steadily(
+        clients(&api).await?,
+        env.id().to_owned(),
+        Steady::default(),
+        stop.clone(),
+    ));
+    eventually(
+        Duration::from_secs(30),
+        "likes to flow through the worker",
+        || {
+            let stats = Arc::clone(&worker.stats);
+            async move { Ok((stats.events() > 3_000).then_some(())) }
+        },
+    )
+    .await?;
+
+    let mut log = String::new();
+    let fault_at = Instant::now();
+    let mut expected_outages = 0;
+    match fault {
+        Fault::StopApp | Fault::Kill => {
+            if fault == Fault::StopApp {
+                cluster.stop_app(home).await?;
+            } else {
+                cluster.kill(home).await?;
+            }
+            let gone = Instant::now();
+            expected_outages += 1;
+            let _ = write!(
+                log,
+                "{} took {:.1} s; ",
+                fault.label(),
+                (gone - fault_at).as_secs_f64()
+            );
+            let moved = await_moved(cluster, &queue, home, gone).await?;
+            let _ = write!(log, "{moved}; ");
+            let leader = eventually(Duration::from_secs(30), "a new queue leader", || async {
+                Ok(cluster.queue_leader(&queue).await?.filter(|&n| n != home))
+            })
+            .await?;
+            let _ = write!(
+                log,
+                "queue leader {} -> {}; ",
+                short(cluster, home),
+                short(cluster, leader)
+            );
+            health.await_recovered(fault_at).await?;
+            // The load goes on against the two nodes left for a while, and
+            // keeps going while the lost node comes back.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            if fault == Fault::StopApp {
+                cluster.start_app(home).await?;
+            } else {
+                cluster.boot(home).await?;
+            }
+        }
+        Fault::RollingRestart => {
+            let order: Vec<usize> = std::iter::once(home)
+                .chain((0..cluster.len()).filter(|&n| n != home))
+                .collect();
+            for node in order {
+                let waited = Instant::now();
+                cluster
+                    .await_quorum_safe(node, Duration::from_secs(60))
+                    .await?;
+                let (api_node, worker_node) = placement(cluster, &queue).await?;
+                let in_use = api_node == node || worker_node == node;
+                let _ = write!(
+                    log,
+                    "{}: quorum safe after {:.1} s",
+                    short(cluster, node),
+                    waited.elapsed().as_secs_f64()
+                );
+                let at = Instant::now();
+                cluster.stop(node).await?;
+                let gone = Instant::now();
+                let _ = write!(log, ", stop took {:.1} s", (gone - at).as_secs_f64());
+                if in_use {
+                    expected_outages += usize::from(api_node == node);
+                    let moved = await_moved(cluster, &queue, node, gone).await?;
+                    let _ = write!(log, ", {moved}");
+                }
+                cluster.boot(node).await?;
+                let _ = write!(log, ", back after {:.1} s; ", at.elapsed().as_secs_f64());
+            }
+        }
+    }
+    // A little load on the healed cluster, then stop sending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    let outcome = load.await??;
+
+    let outages = health.outages(fault_at);
+    eprintln!(
+        "{}: {}{}",
+        fault.label(),
+        log,
+        describe(&outcome, &outages, fault_at)
+    );
+    anyhow::ensure!(
+        outages.len() >= expected_outages,
+        "health went NOT_SERVING {} times; expected at least {expected_outages}",
+        outages.len()
+    );
+    anyhow::ensure!(
+        health.last() == Some(ServingStatus::Serving),
+        "health ends {:?}",
+        health.last()
+    );
+    env.wait_for_stored_pairs(outcome.acknowledged.len(), Duration::from_secs(120))
+        .await?;
+    let mut db = env.db().await?;
+    check_exactly(&mut db, &outcome.acknowledged).await?;
+    assert_eq!(worker.stats.dead_lettered(), 0, "nothing dead-lettered");
+    assert_eq!(
+        env.queue_depth(&env.settings.amqp.dead_letter_queue)
+            .await?,
+        0,
+        "the dead-letter queue is empty"
+    );
+    Ok(())
+}
+
+/// Four client connections to the api, as several callers would have.
+async fn clients(
+    api: &RunningApi,
+) -> anyhow::Result<
+    Vec<likes_proto::pb::like_service_client::LikeServiceClient<tonic::transport::Channel>>,
+> {
+    let mut clients = vec![api.client.clone()];
+    for _ in 0..3 {
+        clients.push(api.new_client().await?);
+    }
+    Ok(clients)
+}
+
+/// The nodes the api and the worker of `queue` are connected to, once both are.
+async fn placement(cluster: &Cluster, queue: &str) -> anyhow::Result<(usize, usize)> {
+    eventually(
+        Duration::from_secs(30),
+        "the api and the worker to be connected",
+        || async {
+            let (api, worker, _) = connected(cluster, queue).await?;
+            Ok(api.zip(worker))
+        },
+    )
+    .await
+}
+
+/// The nodes the api and the worker of `queue` are connected to, and
+/// every node any of their connections is on.
+async fn connected(
+    cluster: &Cluster,
+    queue: &str,
+) -> anyhow::Result<(Option<usize>, Option<usize>, Vec<usize>)> {
+    let connections = cluster.connections().await?;
+    let api = format!("likes-api {queue}");
+    let worker = format!("likes-worker {queue}");
+    let on = |name: &str| {
+        connections
+            .iter()
+            .find(|c| c.is_named(name))
+            .map(|c| c.node)
+    };
+    let nodes = connections
+        .iter()
+        .filter(|c| c.is_named(&api) || c.is_named(&worker))
+        .map(|c| c.node)
+        .collect();
+    Ok((on(&api), on(&worker), nodes))
+}
+
+/// Waits until neither the api nor the worker is connected to `lost` (and
+/// both are connected), at most [`MOVE_WITHIN`] after `since`, when the
+/// node was gone.
+async fn await_moved(
+    cluster: &Cluster,
+    queue: &str,
+    lost: usize,
+    since: Instant,
+) -> anyhow::Result<String> {
+    let (api_node, worker_node) = eventually(
+        MOVE_WITHIN.saturating_sub(since.elapsed()),
+        "the api and the worker to move to another node",
+        || async {
+            let (api, worker, nodes) = connected(cluster, queue).await?;
+            Ok(api.zip(worker).filter(|_| !nodes.contains(&lost)))
+        },
+    )
+    .await?;
+    Ok(format!(
+        "api on {}, worker on {} within {:.1} s of that",
+        short(cluster, api_node),
+        short(cluster, worker_node),
+        since.elapsed().as_secs_f64()
+    ))
+}
+
+/// `rc1` for `rc1-1a2b3c4d@localhost`.
+fn short(cluster: &Cluster, node: usize) -> &str {
+    let name = cluster.name(node);
+    name.split('-').next().unwrap_or(name)
+}
+
+/// The caller's view, for the test output and the README.
+fn describe(
+    outcome: &SteadyOutcome,
+    outages: &[(Instant, Option<Instant>)],
+    t0: Instant,
+) -> String {
+    let windows = outcome.windows(WINDOW_GAP);
+    let spans: Vec<String> = windows
+        .iter()
+        .map(|w| format!("{:.2} s", (w.end - w.start).as_secs_f64()))
+        .collect();
+    let not_serving: Vec<String> = outages
+        .iter()
+        .map(|(start, end)| match end {
+            Some(end) => format!("{:.2} s", (*end - *start).as_secs_f64()),
+            None => format!("{:.2} s and still", start.elapsed().as_secs_f64()),
+        })
+        .collect();
+    let first = outages
+        .first()
+        .map(|(start, _)| start.saturating_duration_since(t0).as_secs_f64())
+        .unwrap_or_default();
+    format!(
+        "{} likes OK in {:.1} s ({:.0}/s); {} UNAVAILABLE and {} DEADLINE_EXCEEDED answers, \
+         {} likes retried, in {} window(s) of [{}]; longest wait for an OK {:.2} s; \
+         health NOT_SERVING {:.2} s after the fault, for [{}]",
+        outcome.acknowledged.len(),
+        outcome.ran_for.as_secs_f64(),
+        outcome.per_second(),
+        outcome.unavailable,
+        outcome.deadline_exceeded,
+        outcome.delayed,
+        windows.len(),
+        spans.join(", "),
+        outcome.longest_wait.as_secs_f64(),
+        first,
+        not_serving.join(", ")
+    )
+}
+
+/// The api's health for LikeService, as a Watch stream reports its changes.
+struct HealthLog {
+    changes: Arc<Mutex<Vec<(Instant, ServingStatus)>>>,
+    task: JoinHandle<()>,
+}
+
+impl HealthLog {
+    async fn watch(addr: SocketAddr) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        let mut stream = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: "likes.v1.LikeService".into(),
+            })
+            .await?
+            .into_inner();
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let changes = Arc::clone(&changes);
+            async move {
+                while let Ok(Some(reply)) = stream.message().await {
+                    changes
+                        .lock()
+                        .expect("never poisoned")
+                        .push((Instant::now(), reply.status()));
+                }
+            }
+        });
+        Ok(Self { changes, task })
+    }
+
+    fn last(&self) -> Option<ServingStatus> {
+        self.changes
+            .lock()
+            .expect("never poisoned")
+            .last()
+            .map(|c| c.1)
+    }
+
+    /// NOT_SERVING periods that began after `since`: start, end if over.
+    fn outages(&self, since: Instant) -> Vec<(Instant, Option<Instant>)> {
+        let changes = self.changes.lock().expect("never poisoned");
+        let mut outages: Vec<(Instant, Option<Instant>)> = Vec::new();
+        for &(at, status) in changes.iter().filter(|(at, _)| *at >= since) {
+            let open = outages.last().is_some_and(|o| o.1.is_none());
+            match (status, open) {
+                (ServingStatus::Serving, true) => {
+                    if let Some(last) = outages.last_mut() {
+                        last.1 = Some(at);
+                    }
+                }
+                (ServingStatus::Serving, false) => {}
+                (_, false) => outages.push((at, None)),
+                (_, true) => {}
+            }
+        }
+        outages
+    }
+
+    /// Waits for health to have gone NOT_SERVING after `since` and come
+    /// back to SERVING.
+    async fn await_recovered(&self, since: Instant) -> anyhow::Result<()> {
+        eventually(
+            Duration::from_secs(30),
+            "health to go NOT_SERVING and back to SERVING",
+            || async {
+                let outages = self.outages(since);
+                Ok(outages.first().and_then(|o| o.1).map(|_| ()))
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for HealthLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
