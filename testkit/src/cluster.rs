@@ -48,6 +48,10 @@ const OWNER_FILE: &str = "owner.pid";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest any `rabbitmqctl` command may take.
 const CTL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Pause between polls that run `rabbitmqctl`: each run is a new Erlang VM
+/// costing most of a second of CPU, so back-to-back polls would take a
+/// core from the test they observe.
+pub const CTL_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Kills the nodes and removes the directory once the test process `$1` is
 /// gone. `$2` is the cluster directory; a pid is only killed if its
@@ -391,7 +395,7 @@ impl Cluster {
                         self.nodes[node].name
                     )));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                Err(_) => tokio::time::sleep(CTL_POLL_INTERVAL).await,
             }
         }
     }
@@ -442,6 +446,11 @@ impl Cluster {
                 })
             })
             .collect())
+    }
+
+    /// `rabbitmqctl args…` against a running node; its output.
+    pub async fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.ctl(self.running_node()?, args).await
     }
 
     fn node_named(&self, name: &str) -> Option<usize> {
@@ -573,7 +582,8 @@ impl Cluster {
     /// Waits until the first running node counts `expected` running nodes.
     async fn await_running_nodes(&self, expected: usize) -> anyhow::Result<()> {
         let via = self.running_node()?;
-        crate::eventually(
+        crate::eventually_every(
+            CTL_POLL_INTERVAL,
             Duration::from_secs(60),
             &format!("{expected} running cluster nodes"),
             || async {

@@ -4,7 +4,7 @@
 pub use crate::verify::check_exactly;
 use futures_util::{StreamExt, stream};
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 use tokio::time::Instant;
 use tonic::{Code, transport::Channel};
 
@@ -116,6 +116,8 @@ pub struct SteadyOutcome {
     pub deadline_exceeded: u64,
     /// Likes that needed at least one retry.
     pub delayed: u64,
+    /// Failed answers by status message (the api says why it failed).
+    pub reasons: BTreeMap<String, u64>,
     /// When each of those failed answers came, from the start, in order.
     pub failures: Vec<Duration>,
     /// The longest a like took from its first attempt to its OK.
@@ -149,6 +151,7 @@ struct SteadyShared {
     unavailable: u64,
     deadline_exceeded: u64,
     delayed: u64,
+    reasons: BTreeMap<String, u64>,
     longest_wait: Duration,
 }
 
@@ -224,6 +227,7 @@ pub async fn like_steadily(
                                     seen.deadline_exceeded += 1;
                                 }
                                 seen.failures.push(started.elapsed());
+                                *seen.reasons.entry(status.message().to_owned()).or_default() += 1;
                                 retried = true;
                             }
                             Err(status) => anyhow::bail!("Like {pair:?} failed: {status:?}"),
@@ -249,6 +253,7 @@ pub async fn like_steadily(
         unavailable: seen.unavailable,
         deadline_exceeded: seen.deadline_exceeded,
         delayed: seen.delayed,
+        reasons: seen.reasons,
         failures: seen.failures,
         longest_wait: seen.longest_wait,
     })

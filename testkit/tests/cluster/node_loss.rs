@@ -10,8 +10,8 @@
 use likes_common::config::{QueueType, SecretUrl};
 use likes_testkit::{
     RunningApi, TestEnv,
-    cluster::Cluster,
-    eventually,
+    cluster::{CTL_POLL_INTERVAL, Cluster},
+    eventually, eventually_every,
     load::{Steady, SteadyOutcome, check_exactly, like_steadily},
 };
 use std::{
@@ -77,6 +77,7 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
     );
 
     let health = HealthLog::watch(api.addr).await?;
+    let writes = WriteLog::follow(Arc::clone(&worker.stats));
     let stop = CancellationToken::new();
     let load = tokio::spawn(like_steadily(
         clients(&api).await?,
@@ -89,7 +90,7 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
         "likes to flow through the worker",
         || {
             let stats = Arc::clone(&worker.stats);
-            async move { Ok((stats.events() > 3_000).then_some(())) }
+            async move { Ok((stats.events() > 1_000).then_some(())) }
         },
     )
     .await?;
@@ -112,11 +113,15 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
                 fault.label(),
                 (gone - fault_at).as_secs_f64()
             );
-            let moved = await_moved(cluster, &queue, home, gone).await?;
-            let _ = write!(log, "{moved}; ");
-            let leader = eventually(Duration::from_secs(30), "a new queue leader", || async {
-                Ok(cluster.queue_leader(&queue).await?.filter(|&n| n != home))
-            })
+            let back =
+                await_recovery(cluster, &queue, home, (fault_at, gone), &health, &writes).await?;
+            let _ = write!(log, "{back}; ");
+            let leader = eventually_every(
+                CTL_POLL_INTERVAL,
+                Duration::from_secs(30),
+                "a new queue leader",
+                || async { Ok(cluster.queue_leader(&queue).await?.filter(|&n| n != home)) },
+            )
             .await?;
             let _ = write!(
                 log,
@@ -124,7 +129,6 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
                 short(cluster, home),
                 short(cluster, leader)
             );
-            health.await_recovered(fault_at).await?;
             // The load goes on against the two nodes left for a while, and
             // keeps going while the lost node comes back.
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -143,8 +147,7 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
                 cluster
                     .await_quorum_safe(node, Duration::from_secs(60))
                     .await?;
-                let (api_node, worker_node) = placement(cluster, &queue).await?;
-                let in_use = api_node == node || worker_node == node;
+                let (api_node, _) = placement(cluster, &queue).await?;
                 let _ = write!(
                     log,
                     "{}: quorum safe after {:.1} s",
@@ -155,10 +158,11 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
                 cluster.stop(node).await?;
                 let gone = Instant::now();
                 let _ = write!(log, ", stop took {:.1} s", (gone - at).as_secs_f64());
-                if in_use {
-                    expected_outages += usize::from(api_node == node);
-                    let moved = await_moved(cluster, &queue, node, gone).await?;
-                    let _ = write!(log, ", {moved}");
+                if api_node == node {
+                    expected_outages += 1;
+                    let back =
+                        await_recovery(cluster, &queue, node, (at, gone), &health, &writes).await?;
+                    let _ = write!(log, ", {back}");
                 }
                 cluster.boot(node).await?;
                 let _ = write!(log, ", back after {:.1} s; ", at.elapsed().as_secs_f64());
@@ -172,10 +176,11 @@ pub async fn survive(cluster: &mut Cluster, fault: Fault) -> anyhow::Result<()> 
 
     let outages = health.outages(fault_at);
     eprintln!(
-        "{}: {}{}",
+        "{}: {}{}; reasons {:?}",
         fault.label(),
         log,
-        describe(&outcome, &outages, fault_at)
+        describe(&outcome, &outages),
+        outcome.reasons
     );
     anyhow::ensure!(
         outages.len() >= expected_outages,
@@ -216,7 +221,8 @@ async fn clients(
 
 /// The nodes the api and the worker of `queue` are connected to, once both are.
 async fn placement(cluster: &Cluster, queue: &str) -> anyhow::Result<(usize, usize)> {
-    eventually(
+    eventually_every(
+        CTL_POLL_INTERVAL,
         Duration::from_secs(30),
         "the api and the worker to be connected",
         || async {
@@ -250,18 +256,64 @@ async fn connected(
     Ok((on(&api), on(&worker), nodes))
 }
 
-/// Waits until neither the api nor the worker is connected to `lost` (and
-/// both are connected), at most [`MOVE_WITHIN`] after `since`, when the
-/// node was gone.
-async fn await_moved(
+/// After the node the api and the worker used went away (the command
+/// ran from `fault.0` to `fault.1`): waits until the api's health went
+/// NOT_SERVING and came back and the worker committed a batch again, both
+/// within [`MOVE_WITHIN`] of `fault.1`; then checks with the cluster that
+/// neither is connected to `lost`. Says how long each took, counted from
+/// the moment the api lost its connection.
+async fn await_recovery(
     cluster: &Cluster,
     queue: &str,
     lost: usize,
-    since: Instant,
+    fault: (Instant, Instant),
+    health: &HealthLog,
+    writes: &WriteLog,
 ) -> anyhow::Result<String> {
-    let (api_node, worker_node) = eventually(
-        MOVE_WITHIN.saturating_sub(since.elapsed()),
-        "the api and the worker to move to another node",
+    let (began, gone) = fault;
+    let recovered = eventually(
+        MOVE_WITHIN.saturating_sub(gone.elapsed()),
+        "the api to be SERVING again and the worker to write again",
+        || async {
+            let outage = health.outages(began).first().copied();
+            let written = writes.first_after(gone);
+            Ok(outage
+                .and_then(|(down, up)| Some((down, up?)))
+                .zip(written)
+                .map(|((down, up), written)| (down, up, written)))
+        },
+    )
+    .await;
+    let (down, up, written) = match recovered {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            // What the broker saw, to tell a client that did not come back
+            // from a queue that did not.
+            let queues = cluster
+                .rabbitmqctl(&[
+                    "-q",
+                    "list_queues",
+                    "name",
+                    "leader",
+                    "online",
+                    "consumers",
+                    "messages_ready",
+                    "messages_unacknowledged",
+                ])
+                .await;
+            let connections = connected(cluster, queue).await;
+            let outages = health.outages(began).len();
+            let written = writes.first_after(gone).is_some();
+            return Err(error.context(format!(
+                "health outages {outages}, worker wrote again: {written}; \
+                 api and worker on {connections:?}; queues {queues:?}"
+            )));
+        }
+    };
+    let (api_node, worker_node) = eventually_every(
+        CTL_POLL_INTERVAL,
+        Duration::from_secs(30),
+        "the api and the worker to be connected to another node",
         || async {
             let (api, worker, nodes) = connected(cluster, queue).await?;
             Ok(api.zip(worker).filter(|_| !nodes.contains(&lost)))
@@ -269,10 +321,12 @@ async fn await_moved(
     )
     .await?;
     Ok(format!(
-        "api on {}, worker on {} within {:.1} s of that",
+        "api on {} and SERVING {:.2} s after it lost {}, worker on {} and writing within {:.2} s",
         short(cluster, api_node),
+        (up - down).as_secs_f64(),
+        short(cluster, lost),
         short(cluster, worker_node),
-        since.elapsed().as_secs_f64()
+        written.saturating_duration_since(down).as_secs_f64()
     ))
 }
 
@@ -283,11 +337,7 @@ fn short(cluster: &Cluster, node: usize) -> &str {
 }
 
 /// The caller's view, for the test output and the README.
-fn describe(
-    outcome: &SteadyOutcome,
-    outages: &[(Instant, Option<Instant>)],
-    t0: Instant,
-) -> String {
+fn describe(outcome: &SteadyOutcome, outages: &[(Instant, Option<Instant>)]) -> String {
     let windows = outcome.windows(WINDOW_GAP);
     let spans: Vec<String> = windows
         .iter()
@@ -300,14 +350,10 @@ fn describe(
             None => format!("{:.2} s and still", start.elapsed().as_secs_f64()),
         })
         .collect();
-    let first = outages
-        .first()
-        .map(|(start, _)| start.saturating_duration_since(t0).as_secs_f64())
-        .unwrap_or_default();
     format!(
         "{} likes OK in {:.1} s ({:.0}/s); {} UNAVAILABLE and {} DEADLINE_EXCEEDED answers, \
          {} likes retried, in {} window(s) of [{}]; longest wait for an OK {:.2} s; \
-         health NOT_SERVING {:.2} s after the fault, for [{}]",
+         health NOT_SERVING for [{}]",
         outcome.acknowledged.len(),
         outcome.ran_for.as_secs_f64(),
         outcome.per_second(),
@@ -317,7 +363,6 @@ fn describe(
         windows.len(),
         spans.join(", "),
         outcome.longest_wait.as_secs_f64(),
-        first,
         not_serving.join(", ")
     )
 }
@@ -381,23 +426,48 @@ impl HealthLog {
         }
         outages
     }
-
-    /// Waits for health to have gone NOT_SERVING after `since` and come
-    /// back to SERVING.
-    async fn await_recovered(&self, since: Instant) -> anyhow::Result<()> {
-        eventually(
-            Duration::from_secs(30),
-            "health to go NOT_SERVING and back to SERVING",
-            || async {
-                let outages = self.outages(since);
-                Ok(outages.first().and_then(|o| o.1).map(|_| ()))
-            },
-        )
-        .await
-    }
 }
 
 impl Drop for HealthLog {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// When the worker committed batches, sampled every 10 ms.
+struct WriteLog {
+    times: Arc<Mutex<Vec<Instant>>>,
+    task: JoinHandle<()>,
+}
+
+impl WriteLog {
+    fn follow(stats: Arc<likes_worker::stats::WorkerStats>) -> Self {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let times = Arc::clone(&times);
+            async move {
+                let mut seen = stats.batches();
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let batches = stats.batches();
+                    if batches > seen {
+                        seen = batches;
+                        times.lock().expect("never poisoned").push(Instant::now());
+                    }
+                }
+            }
+        });
+        Self { times, task }
+    }
+
+    /// The first time a batch was committed after `since`.
+    fn first_after(&self, since: Instant) -> Option<Instant> {
+        let times = self.times.lock().expect("never poisoned");
+        times.iter().copied().find(|&t| t > since)
+    }
+}
+
+impl Drop for WriteLog {
     fn drop(&mut self) {
         self.task.abort();
     }
