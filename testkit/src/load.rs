@@ -78,7 +78,8 @@ pub async fn like_all(
 /// caller population sends at, whatever the service answers.
 #[derive(Debug, Clone)]
 pub struct Steady {
-    /// Likes started per second (fewer if `in_flight` are all waiting).
+    /// Likes started per second, on average since the start (fewer while
+    /// `in_flight` are all waiting; the backlog is sent when they return).
     pub per_second: u32,
     /// Likes in flight at most, retries included: bounds memory.
     pub in_flight: usize,
@@ -175,14 +176,15 @@ pub async fn like_steadily(
     let started = Instant::now();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let per_tick = (steady.per_second / 100).max(1) as usize;
     let mut sent = 0usize;
     'sending: loop {
         tokio::select! {
             () = stop.cancelled() => break 'sending,
             _ = ticker.tick() => {}
         }
-        for _ in 0..per_tick {
+        // Whatever is due by now: a late tick does not lower the rate.
+        let due = (started.elapsed().as_secs_f64() * f64::from(steady.per_second)) as usize;
+        while sent < due {
             let permit = tokio::select! {
                 () = stop.cancelled() => break 'sending,
                 permit = Arc::clone(&permits).acquire_owned() => permit?,
@@ -236,9 +238,9 @@ pub async fn like_steadily(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             });
-        }
-        while let Some(done) = tasks.try_join_next() {
-            done??;
+            while let Some(done) = tasks.try_join_next() {
+                done??;
+            }
         }
     }
     while let Some(done) = tasks.join_next().await {
