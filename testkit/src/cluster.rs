@@ -5,14 +5,16 @@
 //! Each node gets a name of its own (`rc1-<id>@localhost`, …), an AMQP
 //! port and an Erlang distribution port picked free at start (both on
 //! 127.0.0.1 only), and its own directory under a temporary one
-//! (`$TMPDIR/likes-cluster-<id>/rcN`) holding its config file (the listener
-//! and nothing else), an empty enabled-plugins file (so no management or
-//! Prometheus plugin binds its fixed port), an empty `rabbitmq-env.conf` (so
-//! `/etc/rabbitmq/rabbitmq-env.conf` and its node name are not read), its
-//! data, logs and pid file. Run as root, the nodes and `rabbitmqctl` run as
+//! (`$TMPDIR/likes-cluster-<id>/rcN`) holding its config file (the listener,
+//! and for all but the first node the first node as peer to join), an empty
+//! enabled-plugins file (so no management or Prometheus plugin binds its
+//! fixed port), its data, logs and pid file; the scripts read an empty
+//! `rabbitmq-env.conf` of the cluster's instead of
+//! `/etc/rabbitmq/rabbitmq-env.conf` and the node name it sets. Run as root, the nodes and `rabbitmqctl` run as
 //! the `rabbitmq` user with its Erlang cookie (`/var/lib/rabbitmq`), as the
 //! packaged scripts do; run as anyone else, as that user with their own
-//! cookie. The first node starts alone, the others `join_cluster` it.
+//! cookie. The first node boots alone; the others join it by peer
+//! discovery (classic config) as they boot.
 //!
 //! Dropping the [`Cluster`] stops every node (`rabbitmqctl stop`, then
 //! SIGKILL by pid for any that lingers) and removes the directory. A test

@@ -6,8 +6,8 @@
 //! Where `rabbitmq-server` is not installed, every test says so and passes,
 //! except under CI, where it fails.
 //!
-//! `cargo test -p likes-testkit --test cluster` (about 2½ minutes; the
-//! measurements are printed whatever the outcome).
+//! `cargo test -p likes-testkit --test cluster` (2½ to 4½ minutes on two
+//! cores; each test prints what callers saw).
 
 mod fixture;
 mod node_loss;
