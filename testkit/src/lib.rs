@@ -7,6 +7,7 @@
 //! [`TestEnv::spawn_worker`] start the real api and worker code in-process.
 
 mod cleanup;
+pub mod cluster;
 pub mod faults;
 pub mod http2;
 pub mod load;
@@ -220,7 +221,22 @@ pub async fn scrape(addr: &str) -> anyhow::Result<String> {
 pub use likes_common::telemetry::sample;
 
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    eventually_every(Duration::from_millis(20), timeout, what, check).await
+}
+
+/// [`eventually`], polling every `interval`: for checks that cost, such as
+/// one running `rabbitmqctl` (a new Erlang VM, most of a second of CPU).
+pub async fn eventually_every<T, F, Fut>(
+    interval: Duration,
+    timeout: Duration,
+    what: &str,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Option<T>>>,
@@ -234,7 +250,7 @@ where
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 

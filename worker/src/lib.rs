@@ -87,7 +87,7 @@ impl Worker {
                 Err(WorkerError::Topology(
                     error @ likes_queue::TopologyError::ShardsChanged { .. },
                 )) => {
-                    let _ = connection.close(200, "refused".into()).await;
+                    close_abandoned(&connection, "refused").await;
                     return Err(error.into());
                 }
                 Err(error) if shutdown.is_cancelled() => {
@@ -102,7 +102,7 @@ impl Worker {
                     metrics::counter!("likes_amqp_reconnects_total", "role" => "worker")
                         .increment(1);
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
-                    let _ = connection.close(200, "reconnecting".into()).await;
+                    close_abandoned(&connection, "reconnecting").await;
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(delay) => {}
@@ -168,6 +168,25 @@ impl Worker {
         }
         connection.close(200, "shutdown".into()).await?;
         Ok(())
+    }
+}
+
+/// How long closing a connection that failed may take. Past it the
+/// connection is dropped unclosed: the broker cleans up after a dead socket.
+const ABANDON_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Closes a connection the worker is leaving after an error, without
+/// waiting on it for long. The error can come from a channel before lapin
+/// marks the connection itself failed (its socket was reset: a node was
+/// stopped or killed); a close sent then is never answered and, unbounded,
+/// held the reconnect for tens of seconds while the queue filled up.
+async fn close_abandoned(connection: &lapin::Connection, reason: &str) {
+    let closing = connection.close(200, reason.into());
+    if tokio::time::timeout(ABANDON_CLOSE_TIMEOUT, closing)
+        .await
+        .is_err()
+    {
+        tracing::debug!("no answer to closing the failed connection; dropping it");
     }
 }
 
