@@ -1,5 +1,5 @@
 //! The service on a real three-node RabbitMQ cluster (testkit `cluster`):
-//! node loss under load. One cluster is started for the whole binary, on
+//! node loss under load, and shards. One cluster is started for the whole binary, on
 //! first use, shared by the tests, which run one at a time (each heals the
 //! cluster first), and stopped and removed when the binary ends.
 //!
@@ -11,6 +11,7 @@
 
 mod fixture;
 mod node_loss;
+mod shards;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use likes_testkit::cluster::{Cluster, Installation};
@@ -33,7 +34,7 @@ fn main() -> ExitCode {
     // One scenario at a time: each owns the cluster while it runs.
     args.test_threads = Some(1);
     let shared: Shared = Arc::default();
-    let scenarios: [(&str, Scenario); 3] = [
+    let scenarios: [(&str, Scenario); 4] = [
         (
             "node_loss::stopping_the_broker_on_the_node_in_use_loses_no_like",
             |cluster| Box::pin(node_loss::survive(cluster, node_loss::Fault::StopApp)),
@@ -50,6 +51,10 @@ fn main() -> ExitCode {
                     node_loss::Fault::RollingRestart,
                 ))
             },
+        ),
+        (
+            "shards::four_quorum_shards_spread_their_leaders_and_count_exactly",
+            |cluster| Box::pin(shards::four_quorum_shards(cluster)),
         ),
     ];
     let mut trials: Vec<Trial> = scenarios
