@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::watch,
+    sync::{mpsc, oneshot, watch},
 };
 
 /// An `h2` client connection, and the task driving it: aborting the task
@@ -110,7 +110,7 @@ pub struct FloodReport {
 #[derive(Debug)]
 pub struct HeaderOnlyFlood {
     report: watch::Receiver<FloodReport>,
-    reader: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl HeaderOnlyFlood {
@@ -122,7 +122,9 @@ impl HeaderOnlyFlood {
 
 impl Drop for HeaderOnlyFlood {
     fn drop(&mut self) {
-        self.reader.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -137,11 +139,15 @@ pub async fn header_only_flood(
 ) -> anyhow::Result<HeaderOnlyFlood> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
-    let (mut read, write) = tcp.into_split();
-    let write = std::sync::Arc::new(tokio::sync::Mutex::new(write));
+    let (mut read, mut write) = tcp.into_split();
     let (report_tx, report) = watch::channel(FloodReport::default());
+    // The reader never waits for the writer: it hands its answers (SETTINGS
+    // ACK, PING ACK) over and goes on reading. Were it to wait while the
+    // writer is blocked on a full socket, the server, blocked on flushing
+    // its RST_STREAMs to a reader that no longer reads, would stop reading
+    // too, and both ends would wait for ever.
+    let (answers, mut to_send) = mpsc::unbounded_channel::<Vec<u8>>();
 
-    let acks = std::sync::Arc::clone(&write);
     let reader = tokio::spawn(async move {
         let mut head = [0u8; 9];
         let mut payload = Vec::new();
@@ -166,17 +172,13 @@ pub async fn header_only_flood(
                             report_tx.send_modify(|r| r.max_concurrent_streams = Some(value));
                         }
                     }
-                    let _ = acks
-                        .lock()
-                        .await
-                        .write_all(&frame_head(0, 0x4, 0x1, 0))
-                        .await;
+                    let _ = answers.send(frame_head(0, 0x4, 0x1, 0).to_vec());
                 }
                 // PING: answer it.
                 0x6 if flags & 0x1 == 0 => {
                     let mut pong = frame_head(8, 0x6, 0x1, 0).to_vec();
                     pong.extend_from_slice(&payload);
-                    let _ = acks.lock().await.write_all(&pong).await;
+                    let _ = answers.send(pong);
                 }
                 0x3 => {
                     let refused = payload.get(..4) == Some(&[0, 0, 0, 7]);
@@ -199,28 +201,39 @@ pub async fn header_only_flood(
     });
 
     let block = header_block(&addr.to_string(), path);
-    {
-        let mut write = write.lock().await;
-        write.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
-        write.write_all(&frame_head(0, 0x4, 0, 0)).await?;
-    }
-    // Batches of frames per write; the lock lets SETTINGS/PING answers in.
-    let mut batch = Vec::with_capacity(256 * (9 + block.len()));
-    for i in 0..streams {
-        let id = 2 * i + 1;
+    let (written_tx, written) = oneshot::channel();
+    let writer = tokio::spawn(async move {
+        let mut flood = Vec::with_capacity(64 * 1024 + 9 + block.len());
+        flood.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        flood.extend_from_slice(&frame_head(0, 0x4, 0, 0));
         let length = u32::try_from(block.len()).expect("a small header block");
-        batch.extend_from_slice(&frame_head(length, 0x1, 0x4, id));
-        batch.extend_from_slice(&block);
-        if batch.len() >= 64 * 1024 || i + 1 == streams {
-            let written = write.lock().await.write_all(&batch).await;
-            batch.clear();
-            if written.is_err() {
-                // The server closed the connection (GOAWAY): stop here.
-                break;
+        for i in 0..streams {
+            flood.extend_from_slice(&frame_head(length, 0x1, 0x4, 2 * i + 1));
+            flood.extend_from_slice(&block);
+            if flood.len() >= 64 * 1024 || i + 1 == streams {
+                while let Ok(answer) = to_send.try_recv() {
+                    flood.extend_from_slice(&answer);
+                }
+                if write.write_all(&flood).await.is_err() {
+                    // The server closed the connection (GOAWAY): stop here.
+                    break;
+                }
+                flood.clear();
             }
         }
-    }
-    Ok(HeaderOnlyFlood { report, reader })
+        let _ = written_tx.send(());
+        // Keep answering (and keep the connection open) until dropped.
+        while let Some(answer) = to_send.recv().await {
+            if write.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    });
+    written.await?;
+    Ok(HeaderOnlyFlood {
+        report,
+        tasks: [reader, writer],
+    })
 }
 
 /// A frame header: 24-bit length, type, flags, stream id.
