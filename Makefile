@@ -17,7 +17,7 @@ test: services tools
 loadtest: services
 	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
 
-## Batch size sweep: fixed sizes 10..5000 and the adaptive mode on a hot-post
+## Batch size sweep: batch sizes 10..5000 on a hot-post
 ## and a spread workload, as a markdown table (a few minutes; ARGS are
 ## likes-loadtest bench-batch options, e.g. ARGS="--likes 10000 --sizes 50,500").
 bench-batch: services

@@ -38,17 +38,14 @@
 //! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
 //! | `LIKES__DATABASE__CIRCUIT_OPEN_MS` | `500` (0: no circuit) |
 //! | `LIKES__WORKER__SHARDS` | empty (every shard) |
-//! | `LIKES__WORKER__BATCH_SIZE` | `500` (adaptive mode: the largest batch) |
+//! | `LIKES__WORKER__BATCH_SIZE` | `500` |
 //! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
-//! | `LIKES__WORKER__BATCH_MODE` | `fixed` (or `adaptive`) |
-//! | `LIKES__WORKER__BATCH_MIN_SIZE` | `50` (adaptive mode only) |
-//! | `LIKES__WORKER__FLUSH_BUDGET_MS` | `100` (adaptive mode only) |
 //! | `LIKES__WORKER__PREFETCH` | `0` (= 2 × batch size) |
 //! | `LIKES__WORKER__RETRY_INITIAL_MS` | `100` |
 //! | `LIKES__WORKER__RETRY_MAX_MS` | `5000` |
 //! | `LIKES__WORKER__RETRY_BUDGET_MS` | `60000` |
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::{fmt, net::SocketAddr, time::Duration};
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
@@ -162,38 +159,13 @@ pub struct WorkerSettings {
     pub metrics_listen: String,
     /// Shards this worker consumes: empty for all, else e.g. `0,2`.
     pub shards: String,
-    /// Events per batch; in adaptive mode, the largest batch.
+    /// Events per batch.
     pub batch_size: usize,
     pub batch_max_wait_ms: u64,
-    pub batch_mode: BatchMode,
-    /// Adaptive mode: the smallest target batch size.
-    pub batch_min_size: usize,
-    /// Adaptive mode: the flush latency (batch close to ack) to stay under.
-    pub flush_budget_ms: u64,
     pub prefetch: u16,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
     pub retry_budget_ms: u64,
-}
-
-/// How the worker sizes its batches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BatchMode {
-    /// Always `worker.batch_size`.
-    Fixed,
-    /// A target between `worker.batch_min_size` and `worker.batch_size`,
-    /// tuned from measured flushes (see the worker's `adaptive` module).
-    Adaptive,
-}
-
-impl BatchMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fixed => "fixed",
-            Self::Adaptive => "adaptive",
-        }
-    }
 }
 
 impl Settings {
@@ -243,20 +215,6 @@ impl Settings {
         let w = &self.worker;
         if w.batch_size == 0 || w.batch_size > usize::from(u16::MAX) {
             return Err(invalid("worker.batch_size", "must be between 1 and 65535"));
-        }
-        if w.batch_mode == BatchMode::Adaptive {
-            if w.batch_min_size == 0 || w.batch_min_size > w.batch_size {
-                return Err(invalid(
-                    "worker.batch_min_size",
-                    format!(
-                        "{} must be between 1 and worker.batch_size {}",
-                        w.batch_min_size, w.batch_size
-                    ),
-                ));
-            }
-            if w.flush_budget_ms == 0 {
-                return Err(invalid("worker.flush_budget_ms", "must be at least 1"));
-            }
         }
         if w.prefetch != 0 && usize::from(w.prefetch) < w.batch_size {
             return Err(invalid(
@@ -419,10 +377,6 @@ impl WorkerSettings {
         }
     }
 
-    pub fn flush_budget(&self) -> Duration {
-        Duration::from_millis(self.flush_budget_ms)
-    }
-
     pub fn retry_initial(&self) -> Duration {
         Duration::from_millis(self.retry_initial_ms)
     }
@@ -529,9 +483,6 @@ mod tests {
         assert_eq!(s.worker.batch_size, 500);
         assert_eq!(s.worker.batch_max_wait_ms, 50);
         assert_eq!(s.worker.effective_prefetch(), 1000);
-        assert_eq!(s.worker.batch_mode, BatchMode::Fixed);
-        assert_eq!(s.worker.batch_min_size, 50);
-        assert_eq!(s.worker.flush_budget_ms, 100);
         assert_eq!(s.api.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(s.amqp.classic_queue_version, 2);
         assert_eq!(s.api.max_concurrent_streams, 200);
@@ -618,28 +569,14 @@ mod tests {
     }
 
     #[test]
-    fn batch_mode_is_read_from_the_environment() {
-        let env = [("LIKES__WORKER__BATCH_MODE", "adaptive")]
+    fn batch_size_is_read_from_the_environment() {
+        let env = [("LIKES__WORKER__BATCH_SIZE", "2000")]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let s = Settings::load_from(None, Some(env)).expect("valid overrides");
-        assert_eq!(s.worker.batch_mode, BatchMode::Adaptive);
-    }
-
-    #[test]
-    fn adaptive_bounds_are_checked_only_in_adaptive_mode() {
-        let mut s = Settings::defaults();
-        // A fixed batch below the adaptive minimum is fine: the minimum is unused.
-        s.worker.batch_size = 10;
-        s.validate().expect("fixed mode ignores batch_min_size");
-        s.worker.batch_mode = BatchMode::Adaptive;
-        let err = s.validate().expect_err("min 50 > max 10");
-        assert!(err.to_string().contains("worker.batch_min_size"), "{err}");
-        s.worker.batch_size = 500;
-        s.worker.flush_budget_ms = 0;
-        let err = s.validate().expect_err("a zero budget");
-        assert!(err.to_string().contains("worker.flush_budget_ms"), "{err}");
+        assert_eq!(s.worker.batch_size, 2000);
+        assert_eq!(s.worker.effective_prefetch(), 4000);
     }
 
     #[test]

@@ -611,9 +611,6 @@ mod tests {
                 rate: None,
                 batch_size: None,
                 batch_max_wait_ms: None,
-                batch_mode: None,
-                batch_min_size: None,
-                flush_budget_ms: None,
                 seed: 1,
             },
             pipeline: SystemReport {

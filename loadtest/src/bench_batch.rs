@@ -73,47 +73,16 @@ impl Workload {
     }
 }
 
-/// One point of the sweep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Point {
-    Fixed(usize),
-    /// The adaptive mode, up to this size.
-    Adaptive(usize),
-}
-
-impl Point {
-    fn args(self) -> Vec<String> {
-        match self {
-            Self::Fixed(size) => vec!["--batch-size".into(), size.to_string()],
-            Self::Adaptive(max) => vec![
-                "--batch-mode".into(),
-                "adaptive".into(),
-                "--batch-size".into(),
-                max.to_string(),
-            ],
-        }
-    }
-
-    fn name(self, workload: Workload) -> String {
-        match self {
-            Self::Fixed(size) => format!("{}-fixed-{size:05}", workload.name()),
-            Self::Adaptive(_) => format!("{}-adaptive", workload.name()),
-        }
-    }
-}
-
-/// The points of one workload: the fixed sizes, then the adaptive mode up
-/// to the largest of them.
-pub fn points(sizes: &[usize]) -> Vec<Point> {
-    let mut points: Vec<Point> = sizes.iter().map(|&s| Point::Fixed(s)).collect();
-    points.push(Point::Adaptive(sizes.iter().copied().max().unwrap_or(5000)));
-    points
+/// The file name of one point: workload and batch size.
+fn point_name(workload: Workload, size: usize) -> String {
+    format!("{}-batch-{size:05}", workload.name())
 }
 
 /// A point's outcome: its report, if the run left one.
 #[derive(Debug, Clone)]
 pub struct Measured {
-    pub point: Point,
+    /// The batch size.
+    pub size: usize,
     pub report: Option<Report>,
 }
 
@@ -130,8 +99,7 @@ pub async fn run(options: &BatchOptions) -> anyhow::Result<bool> {
         .unwrap_or_else(|_| "run".into());
     let out = options.out.join(stamp);
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let points = points(&options.sizes);
-    let total = points.len() * options.workloads.len();
+    let total = options.sizes.len() * options.workloads.len();
     eprintln!(
         "bench-batch: {total} points of {} requests, results in {}",
         options.likes,
@@ -142,11 +110,11 @@ pub async fn run(options: &BatchOptions) -> anyhow::Result<bool> {
     let mut done = 0;
     for &workload in &options.workloads {
         let mut measured = Vec::new();
-        for &point in &points {
+        for &size in &options.sizes {
             done += 1;
-            let name = point.name(workload);
+            let name = point_name(workload, size);
             eprint!("[{done:2}/{total}] {name:<22} ");
-            let (report, ok) = run_point(&bin_dir, &out, &name, options, workload, point)?;
+            let (report, ok) = run_point(&bin_dir, &out, &name, options, workload, size)?;
             all_ok &= ok;
             eprintln!(
                 "{}",
@@ -155,7 +123,7 @@ pub async fn run(options: &BatchOptions) -> anyhow::Result<bool> {
                     .and_then(|r| r.pipeline.persisted_per_s)
                     .map_or_else(|| "no rate".to_owned(), |r| format!("{r:.0} persisted/s"))
             );
-            measured.push(Measured { point, report });
+            measured.push(Measured { size, report });
         }
         tables.push((workload, measured));
     }
@@ -179,14 +147,14 @@ fn run_point(
     name: &str,
     options: &BatchOptions,
     workload: Workload,
-    point: Point,
+    size: usize,
 ) -> anyhow::Result<(Option<Report>, bool)> {
     let log = std::fs::File::create(out.join(format!("{name}.log")))?;
     let output = Command::new(bin_dir.join("likes-loadtest"))
         .args(["--json", "--likes", &options.likes.to_string()])
         .args(["--seed", &options.seed.to_string()])
         .args(workload.args())
-        .args(point.args())
+        .args(["--batch-size", &size.to_string()])
         .stdin(Stdio::null())
         .stderr(log)
         .output()
@@ -206,25 +174,18 @@ pub fn table(workload: Workload, measured: &[Measured]) -> String {
     let rate = |m: &Measured| m.report.as_ref().and_then(|r| r.pipeline.persisted_per_s);
     let best = measured
         .iter()
-        .filter(|m| matches!(m.point, Point::Fixed(_)))
-        .filter_map(|m| Some((m.point, rate(m)?)))
+        .filter_map(|m| Some((m.size, rate(m)?)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     let mut s = format!("### {}: {}\n\n", workload.name(), workload.title());
-    s.push_str("| batch | persisted/s | of best fixed | flush p99 ms | mean batch / final target | batches | peak RSS MiB |\n");
+    s.push_str(
+        "| batch | persisted/s | of best | flush p99 ms | mean batch | batches | peak RSS MiB |\n",
+    );
     s.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
-    let mut summary = Vec::new();
     for m in measured {
-        let label = match m.point {
-            Point::Fixed(size) if best.is_some_and(|b| b.0 == m.point) => format!("**{size}**"),
-            Point::Fixed(size) => size.to_string(),
-            Point::Adaptive(max) => {
-                let scenario = m.report.as_ref().map(|r| &r.scenario);
-                format!(
-                    "adaptive {}..{max}, budget {} ms",
-                    scenario.and_then(|s| s.batch_min_size).unwrap_or_default(),
-                    scenario.and_then(|s| s.flush_budget_ms).unwrap_or_default()
-                )
-            }
+        let label = if best.is_some_and(|b| b.0 == m.size) {
+            format!("**{}**", m.size)
+        } else {
+            m.size.to_string()
         };
         let Some(report) = &m.report else {
             let _ = writeln!(s, "| {label} | failed to run (see the .log) | | | | | |");
@@ -247,30 +208,14 @@ pub fn table(workload: Workload, measured: &[Measured]) -> String {
                 || "-".to_owned(),
                 |l| format!("{:.1}", l.p99 as f64 / 1000.0)
             ),
-            worker.map_or_else(
-                || "-".to_owned(),
-                |w| format!("{:.0} / {}", w.mean_batch_size, w.final_batch_target)
-            ),
+            worker.map_or_else(|| "-".to_owned(), |w| format!("{:.0}", w.mean_batch_size)),
             worker.map_or_else(|| "-".to_owned(), |w| w.batches.to_string()),
             report
                 .process_peak_rss_mib
                 .map_or_else(|| "-".to_owned(), |m| format!("{m:.0}"))
         );
-        if let (Point::Adaptive(_), Some(share), Some((Point::Fixed(size), best_rate))) =
-            (m.point, share, best)
-        {
-            summary.push(format!(
-                "Adaptive: {:.0}/s = {:.0}% of the best fixed size ({size}: {best_rate:.0}/s).",
-                rate(m).unwrap_or_default(),
-                share * 100.0
-            ));
-        }
     }
     s.push('\n');
-    for line in summary {
-        s.push_str(&line);
-        s.push_str("\n\n");
-    }
     s
 }
 
@@ -279,18 +224,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_adaptive_point_follows_the_fixed_sizes() {
-        assert_eq!(
-            points(&[10, 500, 50]),
-            [
-                Point::Fixed(10),
-                Point::Fixed(500),
-                Point::Fixed(50),
-                Point::Adaptive(500)
-            ]
-        );
-        assert_eq!(Point::Fixed(50).name(Workload::Hot), "hot-fixed-00050");
-        assert_eq!(Point::Adaptive(5).name(Workload::Spread), "spread-adaptive");
+    fn points_are_named_by_workload_and_size() {
+        assert_eq!(point_name(Workload::Hot, 50), "hot-batch-00050");
+        assert_eq!(point_name(Workload::Spread, 5000), "spread-batch-05000");
     }
 
     #[test]
@@ -298,7 +234,7 @@ mod tests {
         let text = table(
             Workload::Hot,
             &[Measured {
-                point: Point::Fixed(10),
+                size: 10,
                 report: None,
             }],
         );

@@ -113,9 +113,6 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
             rate: options.rate,
             batch_size: worker_settings.map(|w| w.batch_size),
             batch_max_wait_ms: worker_settings.map(|w| w.batch_max_wait_ms),
-            batch_mode: worker_settings.map(|w| w.batch_mode),
-            batch_min_size: worker_settings.map(|w| w.batch_min_size),
-            flush_budget_ms: worker_settings.map(|w| w.flush_budget_ms),
             seed,
         },
         pipeline,
@@ -162,15 +159,6 @@ async fn in_process(
     }
     if let Some(wait) = options.batch_max_wait_ms {
         env.settings.worker.batch_max_wait_ms = wait;
-    }
-    if let Some(mode) = options.batch_mode {
-        env.settings.worker.batch_mode = mode;
-    }
-    if let Some(min) = options.batch_min_size {
-        env.settings.worker.batch_min_size = min;
-    }
-    if let Some(budget) = options.flush_budget_ms {
-        env.settings.worker.flush_budget_ms = budget;
     }
     env.settings.validate()?;
     let api = env.spawn_api().await.context("starting the api")?;
@@ -373,7 +361,6 @@ async fn measure(
                 dead_lettered: after.dead_lettered - before.dead_lettered,
                 requeued_batches: after.requeued_batches - before.requeued_batches,
                 flush_latency_us: Latency::of(&flushes),
-                final_batch_target: stats.batch_target(),
             }
         });
     let process_cpu = watched

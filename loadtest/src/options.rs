@@ -1,7 +1,6 @@
 //! Command-line options of the load generator.
 
 use clap::{Parser, ValueEnum};
-use likes_common::config::BatchMode;
 use std::{path::PathBuf, time::Duration};
 
 /// Drives the likes api with a celebrity-post workload, reports throughput,
@@ -61,25 +60,9 @@ pub struct Options {
     #[arg(long, value_enum, value_name = "MODE")]
     pub baseline: Option<Baseline>,
 
-    /// Events per batch of the in-process worker (worker.batch_size); with
-    /// --batch-mode adaptive, the largest batch.
+    /// Events per batch of the in-process worker (worker.batch_size).
     #[arg(long, conflicts_with = "target")]
     pub batch_size: Option<usize>,
-
-    /// Batch sizing of the in-process worker (worker.batch_mode): fixed or
-    /// adaptive.
-    #[arg(long, value_name = "MODE", value_parser = batch_mode, conflicts_with = "target")]
-    pub batch_mode: Option<BatchMode>,
-
-    /// Smallest target of the adaptive in-process worker
-    /// (worker.batch_min_size).
-    #[arg(long, value_name = "N", conflicts_with = "target")]
-    pub batch_min_size: Option<usize>,
-
-    /// Flush latency the adaptive in-process worker stays under
-    /// (worker.flush_budget_ms).
-    #[arg(long, value_name = "MS", conflicts_with = "target")]
-    pub flush_budget_ms: Option<u64>,
 
     /// Longest wait of a batch's oldest event in the in-process worker
     /// (worker.batch_max_wait_ms).
@@ -157,14 +140,6 @@ fn fraction(raw: &str) -> Result<f64, String> {
     }
 }
 
-fn batch_mode(raw: &str) -> Result<BatchMode, String> {
-    match raw {
-        "fixed" => Ok(BatchMode::Fixed),
-        "adaptive" => Ok(BatchMode::Adaptive),
-        other => Err(format!("{other:?} is neither fixed nor adaptive")),
-    }
-}
-
 fn named_pid(raw: &str) -> Result<(String, u32), String> {
     let (name, pid) = raw
         .split_once('=')
@@ -219,19 +194,8 @@ mod tests {
         assert!(Options::try_parse_from(["x", "--database-url", "postgres://h/d"]).is_err());
         assert!(Options::try_parse_from(["x", "--target", "h:1", "--batch-size", "9"]).is_err());
         assert!(
-            Options::try_parse_from(["x", "--target", "h:1", "--batch-mode", "adaptive"]).is_err()
+            Options::try_parse_from(["x", "--target", "h:1", "--batch-max-wait-ms", "5"]).is_err()
         );
-    }
-
-    #[test]
-    fn batch_mode_takes_fixed_or_adaptive() {
-        let options =
-            Options::parse_from(["x", "--batch-mode", "adaptive", "--batch-size", "5000"]);
-        assert_eq!(options.batch_mode, Some(BatchMode::Adaptive));
-        assert_eq!(options.batch_size, Some(5000));
-        let options = Options::parse_from(["x", "--batch-mode", "fixed"]);
-        assert_eq!(options.batch_mode, Some(BatchMode::Fixed));
-        assert!(Options::try_parse_from(["x", "--batch-mode", "auto"]).is_err());
     }
 
     #[test]

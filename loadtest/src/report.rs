@@ -3,7 +3,6 @@
 
 use crate::scenario::KindCounts;
 use hdrhistogram::Histogram;
-use likes_common::config::BatchMode;
 use likes_testkit::verify::Verification;
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt};
@@ -47,12 +46,8 @@ pub struct Scenario {
     pub duplicate_fraction: f64,
     pub unlike_fraction: f64,
     pub rate: Option<f64>,
-    /// In adaptive mode, the largest batch.
     pub batch_size: Option<usize>,
     pub batch_max_wait_ms: Option<u64>,
-    pub batch_mode: Option<BatchMode>,
-    pub batch_min_size: Option<usize>,
-    pub flush_budget_ms: Option<u64>,
     pub seed: u64,
 }
 
@@ -163,9 +158,6 @@ pub struct WorkerSummary {
     /// Batch close to ack, of the batches acked during the run; `None`
     /// when there were none.
     pub flush_latency_us: Option<Latency>,
-    /// What the next batch aimed at when the run ended (the fixed size, or
-    /// where the adaptive target got to).
-    pub final_batch_target: u64,
 }
 
 /// The pipeline relative to the direct baseline.
@@ -228,17 +220,8 @@ impl fmt::Display for Report {
             s.unlike_fraction * 100.0,
             s.seed
         )?;
-        match (s.batch_mode, s.batch_size, s.batch_max_wait_ms) {
-            (Some(BatchMode::Adaptive), Some(max), Some(wait)) => writeln!(
-                f,
-                "worker: adaptive batch size {}..{max} (flush budget {} ms), max wait {wait} ms",
-                s.batch_min_size.unwrap_or(1),
-                s.flush_budget_ms.unwrap_or_default()
-            )?,
-            (_, Some(size), Some(wait)) => {
-                writeln!(f, "worker: batch size {size}, max wait {wait} ms")?;
-            }
-            _ => {}
+        if let (Some(size), Some(wait)) = (s.batch_size, s.batch_max_wait_ms) {
+            writeln!(f, "worker: batch size {size}, max wait {wait} ms")?;
         }
         writeln!(f)?;
 
@@ -300,10 +283,6 @@ impl fmt::Display for Report {
         table.row("batch transactions per like", |r| {
             r.worker
                 .map_or_else(|| "-".to_owned(), |w| format!("{:.4}", w.batches_per_like))
-        });
-        table.row("final batch target", |r| {
-            r.worker
-                .map_or_else(|| "-".to_owned(), |w| w.final_batch_target.to_string())
         });
         table.row("flush latency p50", |r| {
             r.worker

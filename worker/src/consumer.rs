@@ -15,15 +15,8 @@
 //! rules, or that the database refuses, goes there alone (its envelope's
 //! other events are written), as a single-event message naming the envelope
 //! it came from.
-//!
-//! Each batch aims at the target of [`BatchSizing`]: `worker.batch_size`, or
-//! in adaptive mode a size tuned after every committed batch. Prefetch stays
-//! sized for `worker.batch_size`, the largest target, so it never cuts a
-//! batch short. The adaptive state lives as long as one broker session: a
-//! reconnect starts again from `worker.batch_min_size`.
 
 use crate::{
-    adaptive::BatchSizing,
     batcher::{BatchEnd, next_batch},
     error::WorkerError,
     event::{self, Poison},
@@ -48,7 +41,7 @@ use likes_queue::{
     codec::{self, Decoded, Kind},
     dead_letters,
 };
-use std::{ops::Range, sync::Arc, time::Duration};
+use std::{ops::Range, sync::Arc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -111,24 +104,18 @@ pub async fn consume(
         settings: &settings.amqp,
         shutdown,
     };
-    let mut sizing = BatchSizing::from_settings(worker);
-    stats.batch_target_set(sizing.target());
     tracing::info!(
         queue,
-        batch.mode = worker.batch_mode.as_str(),
         batch.size = worker.batch_size,
-        batch.min_size = worker.batch_min_size,
         batch.max_wait_ms = worker.batch_max_wait_ms,
-        flush.budget_ms = worker.flush_budget_ms,
         prefetch = worker.effective_prefetch(),
         "consuming"
     );
     let mut broken = None;
     loop {
-        let target = sizing.target();
         let batch = next_batch(
             &mut incoming,
-            target,
+            worker.batch_size,
             worker.batch_max_wait(),
             shutdown,
             |item| item.as_ref().map_or(0, Incoming::events),
@@ -143,15 +130,7 @@ pub async fn consume(
         }
         if !messages.is_empty() {
             let span = info_span!("batch", batch.messages = messages.len());
-            let settled = settler.settle(messages, target).instrument(span).await?;
-            // Only a committed batch measures the database; a requeued one
-            // measured an outage and the retry budget.
-            if let Settled::Acked { events, flush } = settled {
-                let next = sizing.observe(events, flush, batch.end);
-                if next != target {
-                    stats.batch_target_set(next);
-                }
-            }
+            settler.settle(messages).instrument(span).await?;
         }
         if let Some(error) = broken {
             return Err(error.into());
@@ -173,15 +152,6 @@ pub async fn consume(
     Ok(())
 }
 
-/// How a batch was settled.
-#[derive(Debug, Clone, Copy)]
-enum Settled {
-    /// Committed (or dead-lettered) and acked, `flush` after it closed.
-    Acked { events: usize, flush: Duration },
-    /// Handed back to the queue.
-    Requeued,
-}
-
 /// Settles one batch on one channel.
 struct Settler<'a> {
     channel: &'a Channel,
@@ -196,8 +166,8 @@ struct Settler<'a> {
 impl Settler<'_> {
     /// Dead-letters poison, writes the rest (isolating events the database
     /// refuses), then acks the batch, or requeues it when the database stays
-    /// unavailable. `target` is the size the batch aimed at, for the log.
-    async fn settle(&self, messages: Vec<Incoming>, target: usize) -> Result<Settled, WorkerError> {
+    /// unavailable.
+    async fn settle(&self, messages: Vec<Incoming>) -> Result<(), WorkerError> {
         let started = Instant::now();
         let last_tag = messages
             .iter()
@@ -259,7 +229,6 @@ impl Settler<'_> {
                 tracing::info!(
                     batch.size = events,
                     batch.messages = deliveries.len(),
-                    batch.target = target,
                     batch.pairs = tally.pairs,
                     batch.statements = tally.statements,
                     rows.changed = tally.rows_changed,
@@ -267,7 +236,7 @@ impl Settler<'_> {
                     duration_ms = flush.as_millis() as u64,
                     "batch written"
                 );
-                Ok(Settled::Acked { events, flush })
+                Ok(())
             }
             Err(error) => {
                 tracing::warn!(%error, batch.size = events, "batch failed; requeueing it");
@@ -284,7 +253,7 @@ impl Settler<'_> {
                     )
                     .await?;
                 self.stats.batch_requeued();
-                Ok(Settled::Requeued)
+                Ok(())
             }
         }
     }

@@ -5,7 +5,6 @@
 //! `main.rs` only loads settings and calls [`Worker::build`] and
 //! [`Worker::run_until_stopped`], so tests start exactly this code.
 
-pub mod adaptive;
 pub mod batcher;
 pub mod consumer;
 pub mod error;

@@ -8,7 +8,6 @@
 //! | `likes_rows_written_total` | counter | `likes` rows inserted or changed |
 //! | `likes_batch_size` | histogram | events per batch |
 //! | `likes_batch_flush_seconds` | histogram | time from a batch's close to its ack |
-//! | `likes_batch_target_size` | gauge | size the next batch aims at (fixed, or the adaptive target) |
 //! | `likes_acks_total` / `likes_nacks_total` | counter | batch acks / batch requeues |
 //! | `likes_dead_lettered_total` | counter | messages sent to the dead-letter queue |
 //! | `likes_write_retries_total` | counter | failed write attempts retried in place |
@@ -36,7 +35,6 @@ pub struct WorkerStats {
     events: AtomicU64,
     dead_lettered: AtomicU64,
     requeued_batches: AtomicU64,
-    batch_target: AtomicU64,
     /// Microseconds. Two significant digits are plenty for a p99 and keep
     /// the histogram to a few KiB however long the worker runs, unlike a
     /// list of every flush.
@@ -50,7 +48,6 @@ impl Default for WorkerStats {
             events: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             requeued_batches: AtomicU64::default(),
-            batch_target: AtomicU64::default(),
             flush_micros: Mutex::new(
                 Histogram::new_with_bounds(1, MAX_FLUSH_MICROS, 2)
                     .expect("constant bounds: 1 <= low, high >= 2 * low, 2 significant digits"),
@@ -80,11 +77,6 @@ impl WorkerStats {
         self.requeued_batches.load(Ordering::Relaxed)
     }
 
-    /// The size the next batch aims at (0 before consuming starts).
-    pub fn batch_target(&self) -> u64 {
-        self.batch_target.load(Ordering::Relaxed)
-    }
-
     /// A copy of the flush times (batch close to ack) of acked batches, in
     /// microseconds: for whoever holds the worker, e.g. for percentiles.
     pub fn flush_micros(&self) -> Histogram<u64> {
@@ -92,11 +84,6 @@ impl WorkerStats {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    pub(crate) fn batch_target_set(&self, target: usize) {
-        self.batch_target.store(target as u64, Ordering::Relaxed);
-        metrics::gauge!("likes_batch_target_size").set(target as f64);
     }
 
     pub(crate) fn statement_committed(&self, events: usize, rows_changed: i64) {

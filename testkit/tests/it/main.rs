@@ -1,7 +1,6 @@
 //! End-to-end tests: the real api and worker against the real RabbitMQ and
 //! PostgreSQL on localhost, each test with its own database and queues.
 
-mod adaptive;
 mod envelopes;
 mod faults;
 mod grpcurl;
