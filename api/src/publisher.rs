@@ -24,7 +24,8 @@
 //!
 //! A supervisor task owns the connection: it connects with capped
 //! exponential backoff, declares the topology, and replaces the link (and its
-//! packer) when the connection or a channel dies. Meanwhile `publish` fails
+//! packer) when the connection or a channel dies, or the broker refused a
+//! message on it (see [`Link`]). Meanwhile `publish` fails
 //! at once with [`PublishError::NotConnected`] (UNAVAILABLE to the caller),
 //! and [`Publisher::connected`] reports the state for the health service.
 
@@ -38,7 +39,7 @@ use std::{
     collections::VecDeque,
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -48,6 +49,12 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the supervisor checks that the link is still up.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// A link the broker refused a message on (a nack) is replaced, but not
+/// before it is this old: a broker that refuses every message (say, a
+/// queue over its length limit) costs one reconnection a second, not one
+/// per message.
+const REFUSED_LINK_MIN_AGE: Duration = Duration::from_secs(1);
 
 /// How messages are packed, from the api settings.
 #[derive(Debug, Clone, Copy)]
@@ -209,7 +216,11 @@ impl Publisher {
                 }
             }
             if let Some(old) = self.replace(None) {
-                tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                if old.was_refused() {
+                    tracing::warn!("the broker refused a message (nack); replacing the connection");
+                } else {
+                    tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                }
                 old.close().await;
             }
             let mut backoff = Reconnect::new();
@@ -245,10 +256,19 @@ impl Publisher {
 }
 
 /// One connection, its confirm channels, and the packer publishing on them.
+///
+/// A nack condemns the link. RabbitMQ nacks a publish only when the queue
+/// could not take it, and after a quorum queue's leader was lost (3.10: its
+/// node killed) a channel can go on being refused for many seconds while a
+/// new channel is not: the old channel's queue client holds on to where
+/// the leader was. So a refused link is replaced, like a broken one.
 #[derive(Debug)]
 struct Link {
     connection: Connection,
     channels: Vec<Channel>,
+    /// Set when the broker nacked a message published on this link.
+    refused: Arc<AtomicBool>,
+    opened: Instant,
     /// To the packer; when the last link handle is dropped, the packer
     /// publishes what is left, waits for its confirms and ends.
     events: mpsc::UnboundedSender<Pending>,
@@ -268,10 +288,12 @@ impl Link {
         }
         likes_queue::declare_topology(&connection, settings).await?;
         let (events, waiting) = mpsc::unbounded_channel();
+        let refused = Arc::new(AtomicBool::new(false));
         let sink = BrokerSink {
             channels: channels.clone(),
             queues: likes_queue::event_queues(settings),
             broken: Arc::clone(broken),
+            refused: Arc::clone(&refused),
         };
         tokio::spawn(pack(
             waiting,
@@ -282,12 +304,21 @@ impl Link {
         Ok(Self {
             connection,
             channels,
+            refused,
+            opened: Instant::now(),
             events,
         })
     }
 
     fn is_up(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        let condemned = self.was_refused() && self.opened.elapsed() >= REFUSED_LINK_MIN_AGE;
+        !condemned
+            && self.connection.status().connected()
+            && self.channels.iter().all(|c| c.status().connected())
+    }
+
+    fn was_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
     }
 
     async fn close(&self) {
@@ -306,6 +337,7 @@ struct BrokerSink {
     /// The event queue of each shard.
     queues: Vec<String>,
     broken: Arc<Notify>,
+    refused: Arc<AtomicBool>,
 }
 
 impl BrokerSink {
@@ -318,12 +350,18 @@ impl BrokerSink {
         let channel = self.channels[lane].clone();
         let queue = self.queues[usize::from(shard)].clone();
         let broken = Arc::clone(&self.broken);
+        let refused = Arc::clone(&self.refused);
         let body = codec::encode_envelope(&events);
         let properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string());
         async move {
             let outcome = publish_confirmed(&channel, &queue, &body, properties).await;
-            if let Err(PublishError::Broker(_)) = &outcome {
-                broken.notify_one();
+            match &outcome {
+                Err(PublishError::Broker(_)) => broken.notify_one(),
+                Err(PublishError::Nacked) => {
+                    refused.store(true, Ordering::Relaxed);
+                    broken.notify_one();
+                }
+                _ => {}
             }
             outcome
         }

@@ -4,10 +4,9 @@
 use anyhow::Context;
 use std::process::Command;
 
-/// Closes every RabbitMQ connection whose client-given name contains
-/// `needle` (connection names carry the queue name, unique per test), as an
-/// operator or a broker restart would. Returns how many were closed.
-pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
+/// The pids of the RabbitMQ connections whose client-given name contains
+/// `needle` (connection names carry the queue name, unique per test).
+pub fn amqp_connections(needle: &str) -> anyhow::Result<Vec<String>> {
     let listing = Command::new("rabbitmqctl")
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
@@ -16,14 +15,21 @@ pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
         listing.status.success(),
         "rabbitmqctl list_connections failed"
     );
-    let text = String::from_utf8_lossy(&listing.stdout);
+    Ok(String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
+}
+
+/// Closes every RabbitMQ connection whose client-given name contains
+/// `needle`, as an operator or a broker restart would. Returns how many
+/// were closed.
+pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
     let mut closed = 0;
-    for line in text.lines().filter(|l| l.contains(needle)) {
-        let Some(pid) = line.split_whitespace().next() else {
-            continue;
-        };
+    for pid in amqp_connections(needle)? {
         let status = Command::new("rabbitmqctl")
-            .args(["-q", "close_connection", pid, "closed by a fault test"])
+            .args(["-q", "close_connection", &pid, "closed by a fault test"])
             .status()
             .context("running rabbitmqctl close_connection")?;
         if status.success() {
@@ -31,6 +37,52 @@ pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
         }
     }
     Ok(closed)
+}
+
+/// A policy that makes the broker refuse (nack) every message published to
+/// one queue, for the life of the guard: `max-length` 0 with `overflow`
+/// `reject-publish`, as a queue full to its limit would. Scoped to that
+/// queue's name, so tests in parallel are not touched; dropping the guard
+/// clears the policy.
+#[derive(Debug)]
+pub struct RefusedPublishes {
+    policy: String,
+}
+
+impl RefusedPublishes {
+    pub fn on(queue: &str) -> anyhow::Result<Self> {
+        let policy = format!("refuse-{queue}");
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "set_policy",
+                "--apply-to",
+                "queues",
+                "--priority",
+                "100",
+            ])
+            .args([
+                &policy,
+                &pattern,
+                r#"{"max-length":0,"overflow":"reject-publish"}"#,
+            ])
+            .status()
+            .context("running rabbitmqctl set_policy")?;
+        anyhow::ensure!(status.success(), "set_policy {policy} failed");
+        Ok(Self { policy })
+    }
+}
+
+impl Drop for RefusedPublishes {
+    fn drop(&mut self) {
+        let cleared = Command::new("rabbitmqctl")
+            .args(["-q", "clear_policy", &self.policy])
+            .status();
+        if !cleared.is_ok_and(|s| s.success()) {
+            eprintln!("could not clear the RabbitMQ policy {}", self.policy);
+        }
+    }
 }
 
 /// RabbitMQ's memory alarm, raised for the life of the guard: the broker

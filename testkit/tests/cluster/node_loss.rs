@@ -30,8 +30,9 @@ use tonic_health::pb::{
 const MOVE_WITHIN: Duration = Duration::from_secs(10);
 /// How long the worker may take to commit a batch again. Longer: it can
 /// only write what the api gets enqueued, and on RabbitMQ 3.10 the node the
-/// api moved to can refuse every publish for up to about 13 s after the
-/// leader's node was killed (see the README's failure table).
+/// api moved to can refuse a channel's publishes for many seconds after the
+/// leader's node was lost, until the api replaces the refused link (see the
+/// README's failure table).
 const WRITING_WITHIN: Duration = Duration::from_secs(30);
 /// Failed answers less than this apart belong to one unavailable window.
 const WINDOW_GAP: Duration = Duration::from_secs(1);

@@ -5,7 +5,7 @@ use likes_common::config::{QueueType, SecretUrl};
 use likes_proto::pb::LikeRequest;
 use likes_testkit::{
     TestEnv, eventually,
-    faults::close_amqp_connections,
+    faults::{RefusedPublishes, amqp_connections, close_amqp_connections},
     load::{check_exactly, like_all, pairs},
     proxy::FaultProxy,
 };
@@ -245,6 +245,66 @@ async fn a_broker_that_stops_confirming_gets_unavailable_within_the_deadline() -
     })
     .await?;
     drop(env);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_that_refuses_messages_gets_unavailable_and_a_new_connection() -> anyhow::Result<()>
+{
+    let env = TestEnv::new();
+    let api = env.spawn_api().await?;
+    like(&api, "before", None).await?;
+    let name = format!("likes-api {}", env.settings.amqp.queue);
+    let first = amqp_connections(&name)?;
+    assert_eq!(first.len(), 1, "the api's one connection: {first:?}");
+
+    // The queue refuses every message: each caller gets UNAVAILABLE, none
+    // OK, and the api replaces the connection the refusals came on (after
+    // a quorum queue's leader is lost, RabbitMQ 3.10 can go on refusing a
+    // channel's publishes for seconds while a new channel is served).
+    let refused = RefusedPublishes::on(&env.settings.amqp.queue)?;
+    let status = eventually(Duration::from_secs(10), "a refused Like", || async {
+        Ok(like(&api, "refused", None).await.err())
+    })
+    .await?;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("refused"), "{status:?}");
+    for i in 0..20 {
+        let status = like(&api, &format!("refused-{i}"), None)
+            .await
+            .expect_err("a refused message is never OK");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    let replaced = eventually(Duration::from_secs(10), "a new api connection", || async {
+        let now = amqp_connections(&name)?;
+        Ok((now.len() == 1 && now != first).then_some(now))
+    })
+    .await?;
+    // Refusals go on while the policy stands, and cost at most one
+    // reconnection a second, not one per message.
+    let window = tokio::time::Instant::now();
+    let mut refusals = 0;
+    while window.elapsed() < Duration::from_secs(2) {
+        if like(&api, &format!("still-refused-{refusals}"), None)
+            .await
+            .is_err()
+        {
+            refusals += 1;
+        }
+    }
+    assert!(refusals >= 10, "{refusals} refusals in 2 s");
+    let reconnects = amqp_connections(&name)?;
+    assert!(
+        reconnects.len() == 1,
+        "one connection at a time: {reconnects:?}"
+    );
+
+    drop(refused);
+    eventually(Duration::from_secs(10), "Like to succeed again", || async {
+        Ok(like(&api, "after", None).await.ok())
+    })
+    .await?;
+    assert_ne!(amqp_connections(&name)?, first, "{replaced:?}");
     Ok(())
 }
 
