@@ -229,26 +229,22 @@ pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) -> lapi
 /// Messages ready in `queue` (not those delivered and unacked), by a passive
 /// declare: fails if the queue does not exist, and then closes `channel`.
 pub async fn queue_depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions::durable().passive(),
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
+    Ok(passive_declare(channel, queue).await?.message_count())
 }
 
 /// Consumers subscribed to `queue` (passive declare, like [`queue_depth`]).
 pub async fn queue_consumers(channel: &Channel, queue: &str) -> lapin::Result<u32> {
-    let declared = channel
+    Ok(passive_declare(channel, queue).await?.consumer_count())
+}
+
+async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    channel
         .queue_declare(
             queue.into(),
             QueueDeclareOptions::durable().passive(),
             FieldTable::default(),
         )
-        .await?;
-    Ok(declared.consumer_count())
+        .await
 }
 
 /// The queue type, and for classic queues their storage version: version 2
