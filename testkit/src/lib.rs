@@ -24,7 +24,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection};
 use likes_common::{Settings, config::SecretUrl};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{BasicProperties, Channel, Connection, codec};
-use std::{future::Future, time::Duration};
+use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::time::Instant;
 
 /// One test's (or load run's) private database and queues, and settings
@@ -117,6 +117,49 @@ impl TestEnv {
             Ok((verify::stored_pairs(&mut conn).await? >= want).then_some(()))
         })
         .await
+    }
+
+    /// Waits until `post`'s counter reads exactly `likes`.
+    pub async fn wait_for_count(
+        &self,
+        post: &str,
+        likes: i64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let pool = self.pool().await?;
+        eventually(
+            timeout,
+            &format!("{likes} likes of {post} stored"),
+            || async {
+                let mut conn = likes_db::checkout(&pool).await?;
+                Ok((verify::stored_count(&mut conn, post).await? == likes).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Waits until `queue` holds exactly `messages` ready messages.
+    pub async fn wait_for_queue_depth(
+        &self,
+        queue: &str,
+        messages: u32,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        eventually(
+            timeout,
+            &format!("{messages} messages ready in {queue}"),
+            || async { Ok((self.queue_depth(queue).await? == messages).then_some(())) },
+        )
+        .await
+    }
+
+    /// This env's settings with PostgreSQL reached through `addr` (say, a
+    /// [`proxy::FaultProxy`] in front of it), the same database.
+    pub fn settings_with_database_at(&self, addr: SocketAddr) -> anyhow::Result<Settings> {
+        let (_, name) = likes_db::split_database_url(self.settings.database.url.expose())?;
+        let mut settings = self.settings.clone();
+        settings.database.url = SecretUrl::new(format!("postgres://postgres@{addr}/{name}"));
+        Ok(settings)
     }
 
     /// A channel with this env's queues declared and confirms on.

@@ -89,10 +89,8 @@ async fn a_queue_of_single_events_and_envelopes_interleaved_drains_exactly() -> 
     let worker = env.spawn_worker().await?;
     env.wait_for_stored_pairs(expected.len(), Duration::from_secs(30))
         .await?;
-    eventually(Duration::from_secs(10), "the queue to drain", || async {
-        Ok((env.queue_depth(&env.settings.amqp.queue).await? == 0).then_some(()))
-    })
-    .await?;
+    env.wait_for_queue_depth(&env.settings.amqp.queue, 0, Duration::from_secs(10))
+        .await?;
     let pool = env.pool().await?;
     eventually(Duration::from_secs(10), "the last Unlike", || async {
         let mut conn = likes_db::checkout(&pool).await?;
@@ -136,23 +134,10 @@ async fn an_event_the_database_refuses_inside_an_envelope_is_dead_lettered_alone
     let envelope = env.publish_envelope(&channel, &events).await?;
 
     let worker = env.spawn_worker().await?;
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(20),
-        "the other 99 to be counted",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((verify::stored_count(&mut conn, "p").await? == 99).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_count("p", 99, Duration::from_secs(20)).await?;
     let dead = &env.settings.amqp.dead_letter_queue;
-    eventually(
-        Duration::from_secs(10),
-        "the refused like to be dead-lettered",
-        || async { Ok((env.queue_depth(dead).await? == 1).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(dead, 1, Duration::from_secs(10))
+        .await?;
     assert_eq!(worker.stats.dead_lettered(), 1);
     assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
     assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
@@ -201,12 +186,8 @@ async fn events_with_invalid_ids_inside_an_envelope_are_dead_lettered_alone() ->
     let envelope = env.publish_envelope(&channel, &events).await?;
     let worker = env.spawn_worker().await?;
     let dead = &env.settings.amqp.dead_letter_queue;
-    eventually(
-        Duration::from_secs(10),
-        "two events to be dead-lettered",
-        || async { Ok((env.queue_depth(dead).await? == 2).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(dead, 2, Duration::from_secs(10))
+        .await?;
     env.wait_for_stored_pairs(2, Duration::from_secs(10))
         .await?;
     let mut db = env.db().await?;

@@ -73,18 +73,7 @@ async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing(
     env.settings.worker.retry_max_ms = 2_000;
     let api = env.spawn_api().await?;
     let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
-    let mut worker_settings = env.settings.clone();
-    let db_name = env
-        .settings
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    worker_settings.database.url =
-        SecretUrl::new(format!("postgres://postgres@{}/{db_name}", proxy.addr()));
+    let worker_settings = env.settings_with_database_at(proxy.addr())?;
     let worker = env.spawn_worker_with(&worker_settings).await?;
 
     let clients = vec![api.client.clone(), api.new_client().await?];

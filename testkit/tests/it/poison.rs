@@ -1,7 +1,7 @@
 use crate::event;
 use diesel_async::RunQueryDsl;
 use likes_proto::pb::like_event::Action;
-use likes_testkit::{TestEnv, eventually, verify};
+use likes_testkit::{TestEnv, verify};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -25,22 +25,9 @@ async fn garbage_goes_to_the_dead_letter_queue_and_likes_around_it_are_written()
     let worker = env.spawn_worker().await?;
     let mut db = env.db().await?;
     let dead = &env.settings.amqp.dead_letter_queue;
-    eventually(
-        Duration::from_secs(10),
-        "two messages in the dead-letter queue",
-        || async { Ok((env.queue_depth(dead).await? == 2).then_some(())) },
-    )
-    .await?;
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(10),
-        "the good likes to be counted",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((verify::stored_count(&mut conn, "p").await? == 3).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_queue_depth(dead, 2, Duration::from_secs(10))
+        .await?;
+    env.wait_for_count("p", 3, Duration::from_secs(10)).await?;
     assert_eq!(worker.stats.dead_lettered(), 2);
     assert_eq!(
         env.queue_depth(&env.settings.amqp.queue).await?,
@@ -73,23 +60,10 @@ async fn a_message_the_database_always_refuses_is_isolated_and_dead_lettered_wit
     }
 
     let worker = env.spawn_worker().await?;
-    let pool = env.pool().await?;
-    eventually(
-        Duration::from_secs(20),
-        "the good likes to be counted",
-        || async {
-            let mut conn = likes_db::checkout(&pool).await?;
-            Ok((verify::stored_count(&mut conn, "p").await? == 20).then_some(()))
-        },
-    )
-    .await?;
+    env.wait_for_count("p", 20, Duration::from_secs(20)).await?;
     let dead = &env.settings.amqp.dead_letter_queue;
-    eventually(
-        Duration::from_secs(10),
-        "the refused like to be dead-lettered",
-        || async { Ok((env.queue_depth(dead).await? == 1).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(dead, 1, Duration::from_secs(10))
+        .await?;
     assert_eq!(worker.stats.dead_lettered(), 1);
     assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
     assert_eq!(verify::counter_mismatches(&mut db).await?, 0);

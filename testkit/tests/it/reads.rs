@@ -2,7 +2,6 @@
 //! (the pool's circuit), not after the pool's connect timeout each, and
 //! served again once the database is back.
 
-use likes_common::config::SecretUrl;
 use likes_proto::pb::GetLikeCountRequest;
 use likes_testkit::{RunningApi, TestEnv, eventually, proxy::FaultProxy};
 use std::time::Duration;
@@ -15,18 +14,7 @@ async fn reads_during_a_database_outage_are_answered_within_a_second_and_recover
     let env = TestEnv::new();
     env.db().await?;
     let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
-    let mut settings = env.settings.clone();
-    let db_name = env
-        .settings
-        .database
-        .url
-        .expose()
-        .rsplit('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    settings.database.url =
-        SecretUrl::new(format!("postgres://postgres@{}/{db_name}", proxy.addr()));
+    let settings = env.settings_with_database_at(proxy.addr())?;
     assert_eq!(settings.database.connect_timeout_ms, 5_000, "the default");
     let api = RunningApi::spawn_with(&settings).await?;
     let mut client = api.client.clone();

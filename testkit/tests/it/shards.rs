@@ -3,7 +3,7 @@
 use crate::event;
 use likes_proto::pb::like_event::Action;
 use likes_testkit::{
-    TestEnv, eventually,
+    TestEnv,
     load::{check_exactly, like_all},
 };
 use std::time::Duration;
@@ -50,10 +50,8 @@ async fn with_four_shards_every_shard_carries_likes_and_two_workers_count_them_e
     let mut db = env.db().await?;
     check_exactly(&mut db, &outcome.acknowledged).await?;
     for queue in &queues {
-        eventually(Duration::from_secs(10), "every shard drained", || async {
-            Ok((env.queue_depth(queue).await? == 0).then_some(()))
-        })
-        .await?;
+        env.wait_for_queue_depth(queue, 0, Duration::from_secs(10))
+            .await?;
     }
     let events = first.stats.events() + second.stats.events();
     assert_eq!(events, LIKES as u64, "each like written once");

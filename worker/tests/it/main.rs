@@ -88,12 +88,8 @@ async fn sigterm_flushes_the_batch_in_hand_and_exits_zero() -> anyhow::Result<()
     )
     .await?;
     // Wait until the worker holds them all (none left ready in the queue).
-    eventually(
-        Duration::from_secs(10),
-        "the worker to take the messages",
-        || async { Ok((env.queue_depth(&env.settings.amqp.queue).await? == 0).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(&env.settings.amqp.queue, 0, Duration::from_secs(10))
+        .await?;
     let mut db = env.db().await?;
     assert_eq!(
         verify::stored_pairs(&mut db).await?,
@@ -148,12 +144,8 @@ async fn likes_dlq_lists_inspects_and_replays_dead_letters() -> anyhow::Result<(
     env.publish_event(&channel, &bob).await?;
     let worker = env.spawn_worker().await?;
     let dead = env.settings.amqp.dead_letter_queue.clone();
-    eventually(
-        Duration::from_secs(10),
-        "both in the dead-letter queue",
-        || async { Ok((env.queue_depth(&dead).await? == 2).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(&dead, 2, Duration::from_secs(10))
+        .await?;
 
     let listing = dlq(&env, &["list"])?;
     assert!(listing.contains("2 dead letter(s)"), "{listing}");
@@ -186,12 +178,8 @@ async fn likes_dlq_lists_inspects_and_replays_dead_letters() -> anyhow::Result<(
             .map(|_| ()))
     })
     .await?;
-    eventually(
-        Duration::from_secs(10),
-        "the garbage to be dead again",
-        || async { Ok((env.queue_depth(&dead).await? == 1).then_some(())) },
-    )
-    .await?;
+    env.wait_for_queue_depth(&dead, 1, Duration::from_secs(10))
+        .await?;
     let listing = dlq(&env, &["list"])?;
     assert!(listing.contains("replays=1"), "{listing}");
     assert_eq!(worker.stats.dead_lettered(), 3);
