@@ -8,10 +8,7 @@ use likes_proto::pb::{
     HasLikedRequest, HasLikedResponse, LikeEvent, LikeRequest, LikeResponse, UnlikeRequest,
     UnlikeResponse, like_event::Action, like_service_server::LikeService,
 };
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Span, instrument};
@@ -49,7 +46,7 @@ impl LikeApi {
             post_id: post.into_inner(),
             user_id: user.into_inner(),
             action: action.into(),
-            occurred_at_micros: now_micros(),
+            occurred_at_micros: likes_common::time::now_micros(),
         };
         Span::current().record("event.id", event.event_id.as_str());
         let event_id = event.event_id.clone();
@@ -60,13 +57,6 @@ impl LikeApi {
     async fn connection(&self) -> Result<PooledConnection<'_>, ApiError> {
         Ok(likes_db::checkout(&self.pool).await?)
     }
-}
-
-fn now_micros() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }
 
 #[tonic::async_trait]

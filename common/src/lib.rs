@@ -7,5 +7,6 @@ pub mod ids;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod time;
 
 pub use config::Settings;

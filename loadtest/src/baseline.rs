@@ -11,7 +11,6 @@ use diesel::sql_types::{BigInt, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use likes_common::config::{DatabaseSettings, SecretUrl};
 use likes_db::{Action, DbError, PgPool};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Connections the baseline pool leaves to everything else on the server.
 const SPARE_CONNECTIONS: i64 = 20;
@@ -81,7 +80,7 @@ async fn server_connections_left(conn: &mut AsyncPgConnection) -> anyhow::Result
 /// Applies one Like or Unlike in its own transaction.
 pub async fn write(pool: &PgPool, post: &str, user: &str, action: Action) -> Result<(), DbError> {
     let mut conn = likes_db::checkout(pool).await?;
-    let at = now_micros();
+    let at = likes_common::time::now_micros();
     let event_id = uuid::Uuid::now_v7();
     conn.transaction::<_, DbError, _>(async |conn| {
         let (change_sql, counter_sql) = match action {
@@ -104,11 +103,4 @@ pub async fn write(pool: &PgPool, post: &str, user: &str, action: Action) -> Res
         Ok(())
     })
     .await
-}
-
-pub(crate) fn now_micros() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX)
 }

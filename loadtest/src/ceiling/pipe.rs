@@ -261,7 +261,7 @@ fn event(i: u64) -> LikeEvent {
         post_id: (splitmix(i) % POSTS).to_string(),
         user_id: (i + 1).to_string(),
         action: Action::Like.into(),
-        occurred_at_micros: crate::baseline::now_micros(),
+        occurred_at_micros: likes_common::time::now_micros(),
     }
 }
 
