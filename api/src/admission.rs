@@ -240,20 +240,15 @@ impl Drop for Place {
 }
 
 fn overloaded(limit: usize) -> Status {
-    Status::resource_exhausted(ApiError::Overloaded { limit }.to_string())
+    ApiError::Overloaded { limit }.into()
 }
 
 fn evicted(grace: Duration) -> Status {
-    Status::resource_exhausted(format!(
-        "the server is full and this call's request did not arrive within {} ms; retry with backoff",
-        grace.as_millis()
-    ))
+    ApiError::RequestTooSlow { grace }.into()
 }
 
 fn over_budget(budget: usize) -> Status {
-    Status::resource_exhausted(format!(
-        "the server is receiving its limit of {budget} request bytes; retry with backoff"
-    ))
+    ApiError::RequestBytesBudget { budget }.into()
 }
 
 /// Admits calls; see the module documentation.

@@ -7,11 +7,19 @@ use likes_common::ids::{PostId, UserId};
 pub const MAX_POST_IDS: usize = 1000;
 
 pub fn post_id(field: &'static str, raw: String) -> Result<PostId, ApiError> {
-    PostId::parse(raw).map_err(|source| ApiError::InvalidId { field, source })
+    PostId::parse(raw).map_err(|source| ApiError::InvalidId {
+        field,
+        index: None,
+        source,
+    })
 }
 
 pub fn user_id(field: &'static str, raw: String) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|source| ApiError::InvalidId { field, source })
+    UserId::parse(raw).map_err(|source| ApiError::InvalidId {
+        field,
+        index: None,
+        source,
+    })
 }
 
 /// Validates a (post_id, user_id) request pair.
@@ -27,7 +35,16 @@ pub fn post_ids(raw: Vec<String>) -> Result<Vec<PostId>, ApiError> {
             max: MAX_POST_IDS,
         });
     }
-    raw.into_iter().map(|id| post_id("post_ids", id)).collect()
+    raw.into_iter()
+        .enumerate()
+        .map(|(index, id)| {
+            PostId::parse(id).map_err(|source| ApiError::InvalidId {
+                field: "post_ids",
+                index: Some(index),
+                source,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

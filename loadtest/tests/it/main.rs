@@ -6,6 +6,7 @@
 
 mod compose;
 mod docs;
+mod service_config;
 
 /// Files of the workspace.
 mod repo {

@@ -316,6 +316,16 @@ async fn while_the_broker_is_unreachable_like_fails_fast_and_health_is_not_servi
         .await
         .expect_err("no broker, no OK");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(
+        details.retry_info().and_then(|r| r.retry_delay),
+        Some(Duration::from_secs(1)),
+        "UNAVAILABLE says when a retry is worth it: {status:?}"
+    );
+    assert_eq!(
+        details.error_info().map(|i| i.reason.as_str()),
+        Some("BROKER_UNREACHABLE")
+    );
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "UNAVAILABLE should be immediate, took {:?}",

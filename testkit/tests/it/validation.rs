@@ -2,7 +2,23 @@ use likes_proto::pb::{
     GetLikeCountRequest, GetLikeCountsRequest, HasLikedRequest, LikeRequest, UnlikeRequest,
 };
 use likes_testkit::TestEnv;
+use std::time::Duration;
 use tonic::Code;
+use tonic_types::StatusExt;
+
+/// The (field, reason) pairs of a status's `BadRequest` detail.
+fn field_violations(status: &tonic::Status) -> Vec<(String, String)> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()> {
@@ -11,14 +27,14 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
     let api = env.spawn_api().await?;
     let mut client = api.client.clone();
     let long = "x".repeat(129);
-    let cases: [(&str, &str, &str); 5] = [
-        ("", "u", "post_id"),
-        ("p", "", "user_id"),
-        (&long, "u", "post_id"),
-        ("p", "a\u{0}b", "user_id"),
-        ("p\n", "u", "post_id"),
+    let cases: [(&str, &str, &str, &str); 5] = [
+        ("", "u", "post_id", "EMPTY"),
+        ("p", "", "user_id", "EMPTY"),
+        (&long, "u", "post_id", "TOO_LONG"),
+        ("p", "a\u{0}b", "user_id", "CONTROL_CHARACTER"),
+        ("p\n", "u", "post_id", "CONTROL_CHARACTER"),
     ];
-    for (post, user, field) in cases {
+    for (post, user, field, reason) in cases {
         let like = client
             .like(LikeRequest {
                 post_id: post.into(),
@@ -32,6 +48,13 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
             "{:?} should name {field}",
             like.message()
         );
+        // The field, machine-readable: a google.rpc.BadRequest detail.
+        assert_eq!(
+            field_violations(&like),
+            [(field.to_owned(), reason.to_owned())],
+            "{like:?}"
+        );
+        assert!(like.get_error_details().retry_info().is_none(), "no retry");
         let unlike = client
             .unlike(UnlikeRequest {
                 post_id: post.into(),
@@ -40,6 +63,7 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
             .await
             .expect_err("invalid unlike must fail");
         assert_eq!(unlike.code(), Code::InvalidArgument);
+        assert_eq!(field_violations(&unlike)[0].0, field);
         let has = client
             .has_liked(HasLikedRequest {
                 post_id: post.into(),
@@ -56,6 +80,17 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
         .await
         .expect_err("empty post id");
     assert_eq!(count.code(), Code::InvalidArgument);
+    let bad_third = client
+        .get_like_counts(GetLikeCountsRequest {
+            post_ids: vec!["a".into(), "b".into(), String::new()],
+        })
+        .await
+        .expect_err("an empty id among the three");
+    assert_eq!(
+        field_violations(&bad_third),
+        [("post_ids[2]".to_owned(), "EMPTY".to_owned())],
+        "the violation names the position: {bad_third:?}"
+    );
     let too_many = client
         .get_like_counts(GetLikeCountsRequest {
             post_ids: vec!["p".into(); 1001],
@@ -68,6 +103,7 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
         "{}",
         too_many.message()
     );
+    assert_eq!(field_violations(&too_many)[0].0, "post_ids");
 
     assert_eq!(
         env.queue_depth(&env.settings.amqp.queue).await?,
@@ -137,6 +173,10 @@ async fn malformed_and_oversized_requests_are_refused_and_nothing_is_enqueued() 
         .await
         .expect_err("5 kB is over the 4 kB limit");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.get_error_details().retry_info().is_none(),
+        "a request too large fails again: no RetryInfo invites a retry: {status:?}"
+    );
 
     assert_eq!(
         env.queue_depth(&env.settings.amqp.queue).await?,
@@ -191,6 +231,26 @@ async fn past_the_concurrency_limit_calls_fail_fast_with_resource_exhausted() ->
         "300 concurrent calls against a limit of 2 must see refusals"
     );
     assert!(ok > 0);
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(100)),
+            "an overloaded server says when to retry: {status:?}"
+        );
+        assert_eq!(
+            details.error_info().map(|i| i.reason.as_str()),
+            Some("OVERLOADED")
+        );
+        assert_eq!(
+            status
+                .metadata()
+                .get("grpc-retry-pushback-ms")
+                .and_then(|v| v.to_str().ok()),
+            Some("100"),
+            "the same delay for gRPC's own retry policy"
+        );
+    }
     // Exactly the accepted ones were enqueued.
     assert_eq!(
         env.queue_depth(&env.settings.amqp.queue).await? as usize,
