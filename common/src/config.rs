@@ -1,8 +1,9 @@
 //! Typed settings, loaded once in `main` and passed down.
 //!
 //! Defaults live in `config/default.toml` (compiled into the binaries), an
-//! optional file named by `LIKES_CONFIG` overrides them, and environment
-//! variables `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
+//! optional file (the binaries' `--config FILE`, else the one named by
+//! `LIKES_CONFIG`) overrides them, and environment variables
+//! `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
 //! with deployments; the README lists each with its default:
 //!
 //! | key | default |
