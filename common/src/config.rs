@@ -763,6 +763,20 @@ mod tests {
     }
 
     #[test]
+    fn one_underscore_after_likes_is_a_misspelt_setting_unless_no_double_follows() {
+        let env = env_of(&[
+            ("LIKES_DATABASE__URL", "postgres://elsewhere/likes"),
+            ("LIKES_CONFIG", "/etc/likes.toml"),
+            ("LIKES_HOME", "/srv/likes"),
+        ]);
+        let err = Settings::load_from(None, Some(env)).expect_err("one underscore");
+        assert_eq!(
+            err.to_string(),
+            "LIKES_DATABASE__URL is not a setting; did you mean LIKES__DATABASE__URL?"
+        );
+    }
+
+    #[test]
     fn every_unknown_name_is_reported_at_once_file_first() {
         let path = settings_file("every-unknown", "[amqp]\nqueue_typ = \"quorum\"\n");
         let env = env_of(&[

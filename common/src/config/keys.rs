@@ -47,6 +47,9 @@ impl fmt::Display for UnknownSetting {
 /// with one underscore, names the file and is no setting.
 const ENV_PREFIX: &str = "likes__";
 const ENV_SEPARATOR: &str = "__";
+/// `LIKES_` with one underscore: the start of a misspelt setting variable
+/// when `__` follows later in the name.
+const MISSPELT_PREFIX: &str = "likes_";
 
 /// The dotted keys of every setting (`worker.batch_size`), from the defaults.
 #[derive(Debug)]
@@ -86,7 +89,9 @@ impl KnownKeys {
 
     /// The `LIKES__*` variables among `names` that are no setting. Matched
     /// as the `config` crate matches them: case-insensitively, `__` between
-    /// section and key.
+    /// section and key. A name with one underscore after `LIKES` and `__`
+    /// further on (`LIKES_WORKER__BATCH_SIZE`) is a misspelt setting too,
+    /// which the `config` crate would skip; `LIKES_CONFIG` is not.
     pub(super) fn unknown_in_env(
         &self,
         names: impl IntoIterator<Item = String>,
@@ -95,8 +100,17 @@ impl KnownKeys {
             .into_iter()
             .filter_map(|name| {
                 let lower = name.to_lowercase();
-                let key = lower.strip_prefix(ENV_PREFIX)?.replace(ENV_SEPARATOR, ".");
-                (!self.0.contains(&key)).then(|| UnknownSetting {
+                let (rest, prefixed) = match lower.strip_prefix(ENV_PREFIX) {
+                    Some(rest) => (rest, true),
+                    None => (
+                        lower
+                            .strip_prefix(MISSPELT_PREFIX)
+                            .filter(|rest| rest.contains(ENV_SEPARATOR))?,
+                        false,
+                    ),
+                };
+                let key = rest.replace(ENV_SEPARATOR, ".");
+                (!prefixed || !self.0.contains(&key)).then(|| UnknownSetting {
                     source: SettingSource::Environment,
                     suggestion: self.nearest(&key).map(variable_of),
                     name,
