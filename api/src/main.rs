@@ -1,4 +1,5 @@
-//! `likes-api`: loads settings, starts telemetry, serves until SIGINT/SIGTERM.
+//! `likes-api`: parses its command line, loads settings, starts telemetry,
+//! serves until SIGINT/SIGTERM.
 
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
@@ -6,16 +7,63 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
-use likes_common::{Settings, shutdown, telemetry};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use likes_common::{
+    Settings,
+    cli::{self, ConfigArgs},
+    shutdown, telemetry,
+};
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-fn main() -> anyhow::Result<()> {
-    likes_common::runtime::block_on(run()).context("starting the tokio runtime")?
+/// The gRPC front door of the likes service: makes each Like and Unlike
+/// durable in RabbitMQ and serves the counts from PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "likes-api", version, after_help = cli::SETTINGS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    settings: ConfigArgs,
+    /// Ask the api at api.listen whether it is serving, and exit 0 if it is
+    /// (for container health checks); starts no server.
+    #[arg(long)]
+    health_check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-async fn run() -> anyhow::Result<()> {
-    let settings = Settings::load().context("loading settings")?;
-    if std::env::args().any(|arg| arg == "--health-check") {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
+    /// with the error if they are invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.health_check && cli.command.is_some() {
+        // Not `args_conflicts_with_subcommands`: that refuses `--config` too.
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--health-check cannot be used with a command",
+            )
+            .exit();
+    }
+    let settings = match cli.settings.load() {
+        Ok(settings) => settings,
+        Err(err) => return cli::settings_failure(&err),
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        return cli.settings.check_config("likes-api", &settings);
+    }
+    let outcome = likes_common::runtime::block_on(run(settings, cli.health_check))
+        .context("starting the tokio runtime")
+        .and_then(|outcome| outcome);
+    cli::exit_code(outcome)
+}
+
+async fn run(settings: Settings, health_check: bool) -> anyhow::Result<()> {
+    if health_check {
         return likes_api::health_check(&settings).await;
     }
     telemetry::init(settings.log.format, "info");

@@ -1,8 +1,9 @@
 //! Typed settings, loaded once in `main` and passed down.
 //!
 //! Defaults live in `config/default.toml` (compiled into the binaries), an
-//! optional file named by `LIKES_CONFIG` overrides them, and environment
-//! variables `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
+//! optional file (the binaries' `--config FILE`, else the one named by
+//! `LIKES_CONFIG`) overrides them, and environment variables
+//! `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
 //! with deployments; the README lists each with its default:
 //!
 //! | key | default |
@@ -44,9 +45,16 @@
 //! | `LIKES__WORKER__RETRY_INITIAL_MS` | `100` |
 //! | `LIKES__WORKER__RETRY_MAX_MS` | `5000` |
 //! | `LIKES__WORKER__RETRY_BUDGET_MS` | `60000` |
+//!
+//! Loading is strict: a key of the file or a `LIKES__*` variable that is no
+//! setting stops the start with [`ConfigError::Unknown`], naming it and the
+//! nearest setting (see the `keys` module), so a typo never goes unnoticed.
 
-use serde::Deserialize;
-use std::{fmt, net::SocketAddr, time::Duration};
+mod keys;
+
+pub use keys::{SettingSource, UnknownSetting};
+use serde::{Deserialize, Serialize};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 
@@ -55,12 +63,26 @@ const DEFAULTS: &str = include_str!("../../config/default.toml");
 pub enum ConfigError {
     #[error("cannot read settings: {0}")]
     Load(#[from] ::config::ConfigError),
+    /// Keys of the file or `LIKES__*` variables that are no setting, each
+    /// with the nearest setting when one is close.
+    #[error("{}", list(.0))]
+    Unknown(Vec<UnknownSetting>),
     #[error("invalid setting {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// The settings cannot be written as TOML (an integer beyond TOML's
+    /// 64-bit signed range).
+    #[error("cannot show the settings as TOML: {0}")]
+    Show(#[from] toml::ser::Error),
 }
 
-/// Every setting of the service.
-#[derive(Debug, Clone, Deserialize)]
+fn list(unknown: &[UnknownSetting]) -> String {
+    let items: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+    items.join("; ")
+}
+
+/// Every setting of the service. It serializes with secrets masked (see
+/// [`Secret`], [`SecretUrl`]): for showing, never for handing on.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub log: LogSettings,
     pub api: ApiSettings,
@@ -69,20 +91,20 @@ pub struct Settings {
     pub worker: WorkerSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ApiSettings {
     pub listen: SocketAddr,
     pub metrics_listen: String,
@@ -113,7 +135,7 @@ pub struct ApiSettings {
     pub auth_all_services: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AmqpSettings {
     pub url: SecretUrl,
     pub queue: String,
@@ -128,7 +150,7 @@ pub struct AmqpSettings {
 }
 
 /// RabbitMQ queue type of the event queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueType {
     Classic,
@@ -144,7 +166,7 @@ impl QueueType {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     pub url: SecretUrl,
     pub pool_size: u32,
@@ -154,7 +176,7 @@ pub struct DatabaseSettings {
     pub circuit_open_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
     pub metrics_listen: String,
     /// Shards this worker consumes: empty for all, else e.g. `0,2`.
@@ -172,19 +194,37 @@ impl Settings {
     /// Defaults, then the file named by `LIKES_CONFIG` (if set), then `LIKES__*`
     /// environment variables. For the binaries' `main`.
     pub fn load() -> Result<Self, ConfigError> {
-        let file = std::env::var_os("LIKES_CONFIG").map(std::path::PathBuf::from);
+        let file = std::env::var_os("LIKES_CONFIG").map(PathBuf::from);
         Self::load_from(file, None)
     }
 
-    /// [`Settings::load`] with the environment given as a map instead of read
-    /// from the process (`None` reads the process environment).
+    /// [`Settings::load`] with the file given, and the environment given as a
+    /// map instead of read from the process (`None` reads the process
+    /// environment). A key of the file or a `LIKES__*` variable that is no
+    /// setting is refused with [`ConfigError::Unknown`].
     pub fn load_from(
-        file: Option<std::path::PathBuf>,
+        file: Option<PathBuf>,
         env: Option<::config::Map<String, String>>,
     ) -> Result<Self, ConfigError> {
+        use ::config::Source as _;
+        let known = keys::KnownKeys::of(&defaults_source().collect()?);
+        let mut unknown = Vec::new();
         let mut builder = ::config::Config::builder().add_source(defaults_source());
         if let Some(path) = file {
-            builder = builder.add_source(::config::File::from(path));
+            let source = ::config::File::from(path.clone());
+            unknown.extend(known.unknown_in_file(&path, &source.collect()?));
+            builder = builder.add_source(source);
+        }
+        let names: Vec<String> = match &env {
+            Some(map) => map.keys().cloned().collect(),
+            // Names that are not Unicode are skipped, as the config crate does.
+            None => std::env::vars_os()
+                .filter_map(|(name, _)| name.into_string().ok())
+                .collect(),
+        };
+        unknown.extend(known.unknown_in_env(names));
+        if !unknown.is_empty() {
+            return Err(ConfigError::Unknown(unknown));
         }
         let settings: Self = builder
             .add_source(
@@ -198,6 +238,12 @@ impl Settings {
             .try_deserialize()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The settings as a TOML settings file, secrets masked as `***`: what
+    /// `check-config` prints.
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        Ok(toml::to_string_pretty(self)?)
     }
 
     /// The committed defaults alone, ignoring the environment: what tests start
@@ -410,6 +456,16 @@ impl Secret {
     }
 }
 
+/// Masked like `Debug`: settings are serialized to be shown.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.0.is_empty() { "" } else { MASK })
+    }
+}
+
+/// What a secret, or a URL's password, is shown as.
+const MASK: &str = "***";
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
@@ -438,6 +494,13 @@ impl fmt::Display for SecretUrl {
         // A comma-separated list of URLs (a cluster's nodes) is masked URL by URL.
         let masked: Vec<String> = self.0.split(',').map(redact_password).collect();
         f.write_str(&masked.join(","))
+    }
+}
+
+/// Masked like `Display`: settings are serialized to be shown.
+impl Serialize for SecretUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -593,6 +656,197 @@ mod tests {
         assert_eq!(
             SecretUrl::new("amqp://u:p1@a/%2f,amqp://u:p2@b/%2f").to_string(),
             "amqp://u:***@a/%2f,amqp://u:***@b/%2f"
+        );
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> ::config::Map<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// A settings file of this test's own under the temporary directory.
+    fn settings_file(test: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("likes-config-{test}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).expect("writing a settings file");
+        path
+    }
+
+    fn unknown_of(err: ConfigError) -> Vec<UnknownSetting> {
+        match err {
+            ConfigError::Unknown(unknown) => unknown,
+            other => panic!("expected unknown settings, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_misspelt_variable_is_refused_with_the_nearest_setting() {
+        let env = env_of(&[("LIKES__WORKER__BATCH_SIZ", "10")]);
+        let err = Settings::load_from(None, Some(env)).expect_err("a typo");
+        assert_eq!(
+            err.to_string(),
+            "LIKES__WORKER__BATCH_SIZ is not a setting; did you mean LIKES__WORKER__BATCH_SIZE?"
+        );
+        assert_eq!(
+            unknown_of(err),
+            vec![UnknownSetting {
+                source: SettingSource::Environment,
+                name: "LIKES__WORKER__BATCH_SIZ".into(),
+                suggestion: Some("LIKES__WORKER__BATCH_SIZE".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_refused_naming_the_file() {
+        let path = settings_file(
+            "unknown-key",
+            "[worker]\nbatch_size = 100\nbatch_max_wait = 20\n",
+        );
+        let err = Settings::load_from(Some(path.clone()), Some(env_of(&[]))).expect_err("a typo");
+        std::fs::remove_file(&path).expect("removing the settings file");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: worker.batch_max_wait is not a setting; did you mean worker.batch_max_wait_ms?",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_name_far_from_every_setting_gets_no_suggestion() {
+        let env = env_of(&[("LIKES__WORKER__FLUX_CAPACITOR", "1")]);
+        let err = Settings::load_from(None, Some(env)).expect_err("no such setting");
+        assert_eq!(
+            err.to_string(),
+            "LIKES__WORKER__FLUX_CAPACITOR is not a setting"
+        );
+        let path = settings_file("far-key", "[cache]\nttl_ms = 5\n");
+        let err =
+            Settings::load_from(Some(path.clone()), Some(env_of(&[]))).expect_err("no such key");
+        std::fs::remove_file(&path).expect("removing the settings file");
+        assert_eq!(unknown_of(err)[0].suggestion, None);
+    }
+
+    #[test]
+    fn a_setting_in_the_wrong_section_or_none_suggests_its_section() {
+        let env = env_of(&[
+            ("LIKES__API__BATCH_SIZE", "10"),
+            ("LIKES__POOL_SIZE", "4"),
+            ("LIKES__WORKER_PREFETCH", "4"),
+        ]);
+        let err = Settings::load_from(None, Some(env)).expect_err("misplaced");
+        let suggestions: Vec<_> = unknown_of(err)
+            .into_iter()
+            .map(|u| (u.name, u.suggestion))
+            .collect();
+        assert_eq!(
+            suggestions,
+            vec![
+                (
+                    "LIKES__API__BATCH_SIZE".into(),
+                    Some("LIKES__WORKER__BATCH_SIZE".into())
+                ),
+                (
+                    "LIKES__POOL_SIZE".into(),
+                    Some("LIKES__DATABASE__POOL_SIZE".into())
+                ),
+                (
+                    "LIKES__WORKER_PREFETCH".into(),
+                    Some("LIKES__WORKER__PREFETCH".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_underscore_after_likes_is_a_misspelt_setting_unless_no_double_follows() {
+        let env = env_of(&[
+            ("LIKES_DATABASE__URL", "postgres://elsewhere/likes"),
+            ("LIKES_CONFIG", "/etc/likes.toml"),
+            ("LIKES_HOME", "/srv/likes"),
+        ]);
+        let err = Settings::load_from(None, Some(env)).expect_err("one underscore");
+        assert_eq!(
+            err.to_string(),
+            "LIKES_DATABASE__URL is not a setting; did you mean LIKES__DATABASE__URL?"
+        );
+    }
+
+    #[test]
+    fn every_unknown_name_is_reported_at_once_file_first() {
+        let path = settings_file("every-unknown", "[amqp]\nqueue_typ = \"quorum\"\n");
+        let env = env_of(&[
+            ("LIKES__LOG__FROMAT", "json"),
+            ("LIKES__AMQP__URI", "amqp://x"),
+        ]);
+        let err = Settings::load_from(Some(path.clone()), Some(env)).expect_err("three typos");
+        std::fs::remove_file(&path).expect("removing the settings file");
+        let names: Vec<_> = unknown_of(err).into_iter().map(|u| u.name).collect();
+        assert_eq!(
+            names,
+            ["amqp.queue_typ", "LIKES__AMQP__URI", "LIKES__LOG__FROMAT"]
+        );
+    }
+
+    #[test]
+    fn valid_file_and_variables_still_override_and_other_variables_are_ignored() {
+        let path = settings_file(
+            "valid",
+            "[worker]\nbatch_size = 100\n[amqp]\nqueue = \"from.file\"\n",
+        );
+        let env = env_of(&[
+            ("LIKES__AMQP__QUEUE", "from.env"),
+            // As the config crate reads them: any case.
+            ("likes__worker__batch_max_wait_ms", "7"),
+            // Not settings: the file's variable, and one underscore.
+            ("LIKES_CONFIG", "/elsewhere.toml"),
+            ("LIKES_HOME", "/srv"),
+            ("PATH", "/usr/bin"),
+        ]);
+        let s = Settings::load_from(Some(path.clone()), Some(env)).expect("valid overrides");
+        std::fs::remove_file(&path).expect("removing the settings file");
+        assert_eq!(s.worker.batch_size, 100);
+        assert_eq!(s.worker.batch_max_wait_ms, 7);
+        assert_eq!(s.amqp.queue, "from.env");
+    }
+
+    #[test]
+    fn the_shown_settings_mask_secrets_and_load_back_as_a_file() {
+        let env = env_of(&[
+            ("LIKES__AMQP__URL", "amqp://guest:s3cret@rabbit:5672/%2f"),
+            ("LIKES__API__AUTH_TOKEN", "t0ken"),
+            ("LIKES__WORKER__BATCH_SIZE", "42"),
+        ]);
+        let s = Settings::load_from(None, Some(env)).expect("valid overrides");
+        let shown = s.to_toml().expect("settings are TOML");
+        assert!(
+            shown.contains("url = \"amqp://guest:***@rabbit:5672/%2f\""),
+            "{shown}"
+        );
+        assert!(shown.contains("auth_token = \"***\""), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("t0ken"),
+            "{shown}"
+        );
+
+        // Pasted back as a file it gives the same settings, and its keys are
+        // exactly the settings.
+        let path = settings_file("shown", &shown);
+        let again = Settings::load_from(Some(path.clone()), Some(env_of(&[])));
+        std::fs::remove_file(&path).expect("removing the settings file");
+        let again = again.expect("the shown settings load");
+        assert_eq!(again.to_toml().expect("settings are TOML"), shown);
+        use ::config::Source as _;
+        let keys_of = |source: ::config::File<_, _>| {
+            keys::KnownKeys::of(&source.collect().expect("TOML")).into_keys()
+        };
+        assert_eq!(
+            keys_of(::config::File::from_str(&shown, ::config::FileFormat::Toml)),
+            keys_of(defaults_source())
         );
     }
 }

@@ -196,6 +196,36 @@ fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Runs `command` to its end with stdout and stderr captured, killing it if
+/// it runs past `deadline`: for a binary that should exit at once (`--help`,
+/// `check-config`, a refused start), so that one that runs on fails the
+/// test instead of hanging it.
+pub fn output_within(
+    mut command: Command,
+    deadline: Duration,
+) -> anyhow::Result<std::process::Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    // Read in a thread, so a full pipe never stalls the child.
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match outcome.recv_timeout(deadline) {
+        Ok(output) => Ok(output?),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            anyhow::bail!("{command:?} still ran after {deadline:?}")
+        }
+    }
+}
+
 /// VmRSS of process `pid` (its resident memory), in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

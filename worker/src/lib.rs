@@ -230,17 +230,6 @@ pub async fn health_check(settings: &Settings, pid: Option<u32>) -> anyhow::Resu
     Ok(())
 }
 
-/// `--pid N` among the arguments, if given.
-pub fn pid_argument(args: &[String]) -> anyhow::Result<Option<u32>> {
-    let Some(at) = args.iter().position(|arg| arg == "--pid") else {
-        return Ok(None);
-    };
-    let value = args.get(at + 1).context("--pid needs a process id")?;
-    Ok(Some(
-        value.parse().with_context(|| format!("--pid {value}"))?,
-    ))
-}
-
 /// The id of the one process of this program (by its name in
 /// `/proc/*/comm`) in this PID namespace that is not a health check.
 fn the_one_worker() -> anyhow::Result<u32> {

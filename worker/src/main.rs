@@ -1,5 +1,6 @@
-//! `likes-worker`: loads settings, starts telemetry, consumes until
-//! SIGINT/SIGTERM, then flushes its batch and exits 0.
+//! `likes-worker`: parses its command line, loads settings, starts
+//! telemetry, consumes until SIGINT/SIGTERM, then flushes its batch and
+//! exits 0.
 
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// (protobuf, HTTP/2 frames, AMQP frames); glibc's malloc cost about 10% of
@@ -7,18 +8,79 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
-use likes_common::{Settings, shutdown, telemetry};
+use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use likes_common::{
+    Settings,
+    cli::{self, ConfigArgs},
+    shutdown, telemetry,
+};
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
-fn main() -> anyhow::Result<()> {
-    likes_common::runtime::block_on(run()).context("starting the tokio runtime")?
+/// Consumes like events from RabbitMQ and writes them to PostgreSQL in
+/// batches.
+#[derive(Debug, Parser)]
+#[command(name = "likes-worker", version, after_help = cli::SETTINGS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    settings: ConfigArgs,
+    /// Exit 0 if the worker serving worker.metrics_listen is connected to
+    /// RabbitMQ (for container health checks); starts no worker.
+    #[arg(long)]
+    health_check: bool,
+    /// With --health-check: the process id of the worker to check; without
+    /// it, the one likes-worker process in this PID namespace.
+    #[arg(long, value_name = "N", requires = "health_check")]
+    pid: Option<u32>,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-async fn run() -> anyhow::Result<()> {
-    let settings = Settings::load().context("loading settings")?;
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--health-check") {
-        let pid = likes_worker::pid_argument(&args)?;
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
+    /// with the error if they are invalid.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.health_check && cli.command.is_some() {
+        // Not `args_conflicts_with_subcommands`: that refuses `--config` too.
+        Cli::command()
+            .error(
+                ErrorKind::ArgumentConflict,
+                "--health-check cannot be used with a command",
+            )
+            .exit();
+    }
+    let settings = match cli.settings.load() {
+        Ok(settings) => settings,
+        Err(err) => return cli::settings_failure(&err),
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        return cli.settings.check_config("likes-worker", &settings);
+    }
+    let mode = if cli.health_check {
+        Mode::HealthCheck { pid: cli.pid }
+    } else {
+        Mode::Work
+    };
+    let outcome = likes_common::runtime::block_on(run(settings, mode))
+        .context("starting the tokio runtime")
+        .and_then(|outcome| outcome);
+    cli::exit_code(outcome)
+}
+
+/// What the process is started for.
+#[derive(Debug)]
+enum Mode {
+    Work,
+    HealthCheck { pid: Option<u32> },
+}
+
+async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
+    if let Mode::HealthCheck { pid } = mode {
         return likes_worker::health_check(&settings, pid).await;
     }
     telemetry::init(settings.log.format, "info");

@@ -4,6 +4,7 @@
 //! binary, apart from the parallel end-to-end tests; the floods measure one
 //! process's memory, and the default metrics ports are the machine's.
 
+mod cli;
 mod deadlines;
 mod floods;
 mod processes;

@@ -7,21 +7,40 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use likes_common::{Settings, telemetry};
+use likes_common::{
+    Settings,
+    cli::{self, ConfigArgs},
+    telemetry,
+};
 use likes_queue::dead_letters;
+use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "likes-dlq",
-    about = "List, inspect and replay dead-lettered likes"
+    version,
+    about = "List, inspect and replay dead-lettered likes",
+    after_help = cli::SETTINGS_HELP
 )]
 struct Cli {
+    #[command(flatten)]
+    settings: ConfigArgs,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    #[command(flatten)]
+    Letters(Letters),
+    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
+    /// with the error if they are invalid.
+    CheckConfig,
+}
+
+/// The commands on the dead-letter queue.
+#[derive(Debug, Subcommand)]
+enum Letters {
     /// One line per dead letter: message id, replays, reason, event.
     List {
         #[arg(long, default_value_t = 100)]
@@ -43,10 +62,23 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = Settings::load().context("loading settings")?;
+    let settings = match cli.settings.load() {
+        Ok(settings) => settings,
+        Err(err) => return cli::settings_failure(&err),
+    };
+    let letters = match cli.command {
+        Command::CheckConfig => return cli.settings.check_config("likes-dlq", &settings),
+        Command::Letters(letters) => letters,
+    };
+    let outcome = likes_common::runtime::block_on(run(&settings, letters))
+        .context("starting the tokio runtime")
+        .and_then(|outcome| outcome);
+    cli::exit_code(outcome)
+}
+
+async fn run(settings: &Settings, command: Letters) -> anyhow::Result<()> {
     telemetry::init(settings.log.format, "warn");
     let connection = likes_queue::connect(&settings.amqp, "likes-dlq")
         .await
@@ -54,8 +86,8 @@ async fn main() -> anyhow::Result<()> {
     let channel = likes_queue::confirm_channel(&connection).await?;
     likes_queue::declare_topology(&connection, &settings.amqp).await?;
     let queue = &settings.amqp.dead_letter_queue;
-    match cli.command {
-        Command::List { limit } => {
+    match command {
+        Letters::List { limit } => {
             let letters = dead_letters::list(&channel, &settings.amqp, limit).await?;
             println!("{} dead letter(s) in {queue}", letters.len());
             for letter in letters {
@@ -70,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Inspect { message_id } => {
+        Letters::Inspect { message_id } => {
             let letters = dead_letters::list(&channel, &settings.amqp, u32::MAX).await?;
             let letter = letters
                 .into_iter()
@@ -86,7 +118,7 @@ async fn main() -> anyhow::Result<()> {
                 println!("header {name}: {value}");
             }
         }
-        Command::Replay { message_id, limit } => {
+        Letters::Replay { message_id, limit } => {
             let outcome =
                 dead_letters::replay(&channel, &settings.amqp, message_id.as_deref(), limit)
                     .await?;
