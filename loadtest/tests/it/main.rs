@@ -2,11 +2,12 @@
 //! test on its own database and queues), small workloads, the report checked
 //! for sense and the verification required to pass. Beside them, the
 //! repository's own consistency checks (compose files, the Kubernetes
-//! example, docs, dashboard), tooling that used to be scripts.
+//! example, docs, dashboard, rust-version), tooling that used to be scripts.
 
 mod compose;
 mod docs;
 mod k8s;
+mod rust_version;
 
 /// Files of the workspace.
 mod repo {
