@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint services tools check-compose check-k8s loadtest bench bench-batch
+.PHONY: run test up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -36,6 +36,16 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+## The dependency policy of deny.toml: licenses, banned crates, sources.
+## cargo-deny is built once into target/tools (a few minutes; a new version
+## below builds afresh beside the old one).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := target/tools/cargo-deny-$(CARGO_DENY_VERSION)
+deny: $(CARGO_DENY)/bin/cargo-deny
+	$(CARGO_DENY)/bin/cargo-deny --locked check licenses bans sources
+$(CARGO_DENY)/bin/cargo-deny:
+	$(CARGO) install --locked --quiet --root $(CARGO_DENY) cargo-deny@$(CARGO_DENY_VERSION)
 
 services:
 	@scripts/services.sh
