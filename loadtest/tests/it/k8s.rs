@@ -331,7 +331,7 @@ fn keda_manifests_follow_the_keda_crds() {
 
 /// What the image is, from the repository's own files.
 struct Image {
-    /// `likes:<workspace version>`.
+    /// `likes:<workspace version>`, from any registry.
     reference: String,
     /// The binaries the Dockerfile builds into it.
     binaries: Vec<String>,
@@ -564,7 +564,11 @@ fn problems(resources: &[Resource], defaults: &Defaults, image: &Image) -> Vec<S
                 container.get("name").map(text).unwrap_or_default()
             );
             let reference = container.get("image").map(text).unwrap_or_default();
-            if reference != image.reference {
+            // Any registry's copy: `registry.example.com/likes:0.1.0` too.
+            let from_registry = reference
+                .strip_suffix(&image.reference)
+                .is_some_and(|registry| registry.is_empty() || registry.ends_with('/'));
+            if !from_registry {
                 found.push(format!("{who}: image {reference}, not {}", image.reference));
             }
             let user = container
@@ -854,6 +858,14 @@ fn k8s_manifests_agree_with_the_image_the_binaries_and_the_default_settings() {
             "command: [\"likes-wroker\"]",
         ),
         "runs \"likes-wroker\", which the Dockerfile does not build",
+    );
+    expect(
+        broken(
+            "deploy/k8s/api.yaml",
+            "image: likes:0.1.0",
+            "image: example/likes:0.0.9",
+        ),
+        "likes-api/api: image example/likes:0.0.9, not likes:0.1.0",
     );
     expect(
         broken(
