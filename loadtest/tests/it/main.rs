@@ -1,11 +1,13 @@
 //! The load generator end to end: the real api and worker in-process (each
 //! test on its own database and queues), small workloads, the report checked
 //! for sense and the verification required to pass. Beside them, the
-//! repository's own consistency checks (compose files, docs, dashboard),
-//! tooling that used to be scripts.
+//! repository's own consistency checks (compose files, the Kubernetes
+//! example, docs, dashboard, rust-version), tooling that used to be scripts.
 
 mod compose;
 mod docs;
+mod k8s;
+mod rust_version;
 mod service_config;
 
 /// Files of the workspace.
