@@ -1,6 +1,8 @@
 //! The worker binary as a process: killed with SIGKILL mid-batch, stopped
 //! with SIGTERM. Real RabbitMQ and PostgreSQL, own database and queues.
 
+mod health;
+
 use likes_testkit::{
     TestEnv, eventually,
     load::{check_exactly, like_all, pairs},
