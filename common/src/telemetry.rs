@@ -37,14 +37,15 @@ pub fn init_for_tests() {
     let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
-/// Why the metrics endpoint could not start.
+/// Why the metrics endpoint could not start, or a client could not read it
+/// (metrics or a health probe).
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("metrics_listen {0:?} is not host:port")]
     Address(String),
     #[error("cannot set up metrics: {0}")]
     Exporter(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("cannot read metrics from {addr}: {source}")]
+    #[error("cannot reach the metrics endpoint {addr}: {source}")]
     Fetch {
         addr: String,
         #[source]
