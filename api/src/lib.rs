@@ -20,6 +20,7 @@ use auth::Auth;
 use deadline::DeadlineLayer;
 use likes_common::Settings;
 use likes_common::config::ApiSettings;
+use likes_common::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
 use protocol::GrpcOnlyLayer;
 use publisher::{Packing, Publisher};
@@ -45,6 +46,8 @@ pub struct Application {
     publisher: Arc<Publisher>,
     /// Stops the publisher's reconnect loop once the server has drained.
     publisher_stop: CancellationToken,
+    /// The api's part in the process's `/readyz`.
+    readiness: ReadinessReporter,
     pool: likes_db::PgPool,
     settings: ApiSettings,
     tls: Option<ServerTlsConfig>,
@@ -56,6 +59,11 @@ impl Application {
     pub async fn build(settings: &Settings, listener: TcpListener) -> anyhow::Result<Self> {
         let local_addr = listener.local_addr().context("reading the bound address")?;
         let tls = tls_config(&settings.api)?;
+        // The series exists from the start, not only once the link changed.
+        metrics::gauge!("likes_amqp_connected", "role" => "api").set(0.0);
+        let health = Health::process();
+        health.set_grpc_listen(settings.api.listen.to_string());
+        let readiness = health.register("api", "starting: not serving gRPC yet");
         let publisher_stop = CancellationToken::new();
         let publisher = Publisher::start(
             settings.amqp.clone(),
@@ -72,6 +80,7 @@ impl Application {
             local_addr,
             publisher,
             publisher_stop,
+            readiness,
             pool,
             settings: settings.api.clone(),
             tls,
@@ -90,10 +99,16 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then stops accepting calls,
     /// lets those in flight finish (with their confirms) and closes AMQP.
+    ///
+    /// The gRPC health service and `/readyz` say SERVING / ready while the
+    /// broker link is up and the server is not stopping.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health, health_service) = tonic_health::server::health_reporter();
+        // Held to the end, so `/readyz` says "stopping" until the process exits.
+        let readiness = Arc::new(self.readiness);
         tokio::spawn(report_health(
             health.clone(),
+            Arc::clone(&readiness),
             self.publisher.connected(),
             shutdown.clone(),
         ));
@@ -151,46 +166,64 @@ impl Application {
         self.publisher_stop.cancel();
         self.publisher.close().await;
         tracing::info!("likes-api stopped");
+        drop(readiness);
         Ok(())
     }
 }
 
-/// `likes-api --health-check`: asks the api at `api.listen` (an unspecified
-/// address means this host) whether LikeService is SERVING. For container
-/// health checks; needs nothing but the binary. Under TLS it only checks
-/// that the port accepts connections.
+/// `likes-api --health-check`: succeeds while the api is live: its metrics
+/// endpoint (`api.metrics_listen`; an unspecified address means this host)
+/// answers `GET /healthz` with 200. For container health checks; needs
+/// nothing but the binary, and works whatever TLS or credentials the gRPC
+/// port asks for.
+///
+/// Liveness, not readiness: container runtimes run this check, and some
+/// (Docker Swarm, an autoheal sidecar) replace a container that fails it.
+/// An api whose broker link is down answers UNAVAILABLE and reconnects by
+/// itself; replacing it would not bring the broker back. Whether it can
+/// publish is `/readyz` (see [`readiness_check`]) and the gRPC health
+/// service.
+///
+/// It never reports another api's health as this one's: the endpoint's
+/// answers name the gRPC address their api serves (`likes-grpc-listen`),
+/// and the check fails unless that is `api.listen`. An api whose metrics
+/// address was taken (it warned at start) serves no endpoint, so its check
+/// fails: give each api on one host its own `LIKES__API__METRICS_LISTEN`.
 pub async fn health_check(settings: &Settings) -> anyhow::Result<()> {
-    let mut addr = settings.api.listen;
+    check(settings, Probe::Live).await
+}
+
+/// Like [`health_check`], but asks `/readyz`: succeeds while the api's
+/// broker link is up and it serves gRPC. `--health-check --ready`.
+pub async fn readiness_check(settings: &Settings) -> anyhow::Result<()> {
+    check(settings, Probe::Ready).await
+}
+
+/// How long a check waits for the endpoint's answer.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+async fn check(settings: &Settings, probe: Probe) -> anyhow::Result<()> {
+    let listen = &settings.api.metrics_listen;
+    anyhow::ensure!(
+        !listen.is_empty(),
+        "the health check needs api.metrics_listen (LIKES__API__METRICS_LISTEN)"
+    );
+    let mut addr: SocketAddr = listen.parse().context("api.metrics_listen")?;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    if !settings.api.tls_cert_file.is_empty() {
-        tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        return Ok(());
-    }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
-        service: "likes.v1.LikeService".into(),
-    });
-    if !settings.api.auth_token.is_empty() && settings.api.auth_all_services {
-        let value = format!("Bearer {}", settings.api.auth_token.expose()).parse()?;
-        request.metadata_mut().insert("authorization", value);
-    }
-    let status = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(request)
-        .await?
-        .into_inner()
-        .status();
+    let answer = health::probe(&addr.to_string(), probe, CHECK_TIMEOUT).await?;
+    let ours = settings.api.listen.to_string();
     anyhow::ensure!(
-        status == tonic_health::pb::health_check_response::ServingStatus::Serving,
-        "likes.v1.LikeService is {status:?}"
+        answer.grpc_listen.as_deref() == Some(ours.as_str()),
+        "the metrics endpoint {addr} belongs to the api serving {} (process {}), \
+         not to the one on {ours} (was its LIKES__API__METRICS_LISTEN taken at start?)",
+        answer.grpc_listen.as_deref().unwrap_or("nothing"),
+        answer
+            .process_id
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
     );
+    anyhow::ensure!(answer.ok, "{} of likes-api: {}", probe.path(), answer.text);
     Ok(())
 }
 
@@ -242,27 +275,33 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// SERVING while the broker link is up, NOT_SERVING while it is down or the
-/// server is stopping: Like cannot succeed without the broker.
+/// SERVING and ready while the broker link is up, NOT_SERVING and not ready
+/// while it is down or the server is stopping: Like cannot succeed without
+/// the broker. The only writer of `readiness`, so "stopping" is final.
 async fn report_health(
     health: HealthReporter,
+    readiness: Arc<ReadinessReporter>,
     mut connected: tokio::sync::watch::Receiver<bool>,
     shutdown: CancellationToken,
 ) {
     loop {
         if *connected.borrow_and_update() {
+            readiness.ready();
             health.set_serving::<LikeServiceServer<LikeApi>>().await;
             health
                 .set_service_status("", tonic_health::ServingStatus::Serving)
                 .await;
         } else {
+            readiness.not_ready("not connected to RabbitMQ");
             set_not_serving(&health).await;
         }
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = connected.changed() => if changed.is_err() { return },
+            biased;
+            () = shutdown.cancelled() => break,
+            changed = connected.changed() => if changed.is_err() { break },
         }
     }
+    readiness.not_ready("stopping");
 }
 
 async fn set_not_serving(health: &HealthReporter) {

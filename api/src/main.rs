@@ -23,10 +23,15 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     settings: ConfigArgs,
-    /// Ask the api at api.listen whether it is serving, and exit 0 if it is
-    /// (for container health checks); starts no server.
+    /// Exit 0 if this api's metrics endpoint (api.metrics_listen) answers
+    /// GET /healthz: alive, whatever the broker does (for container health
+    /// checks); starts no server.
     #[arg(long)]
     health_check: bool,
+    /// With --health-check: ask GET /readyz instead, exit 0 only while the
+    /// api is connected to RabbitMQ and serving.
+    #[arg(long, requires = "health_check")]
+    ready: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -56,15 +61,20 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig) = cli.command {
         return cli.settings.check_config("likes-api", &settings);
     }
-    let outcome = likes_common::runtime::block_on(run(settings, cli.health_check))
+    let check = cli.health_check.then_some(cli.ready);
+    let outcome = likes_common::runtime::block_on(run(settings, check))
         .context("starting the tokio runtime")
         .and_then(|outcome| outcome);
     cli::exit_code(outcome)
 }
 
-async fn run(settings: Settings, health_check: bool) -> anyhow::Result<()> {
-    if health_check {
-        return likes_api::health_check(&settings).await;
+/// `check`: `None` serves; `Some(ready)` runs the health check (readiness
+/// when `ready`) and exits.
+async fn run(settings: Settings, check: Option<bool>) -> anyhow::Result<()> {
+    match check {
+        Some(false) => return likes_api::health_check(&settings).await,
+        Some(true) => return likes_api::readiness_check(&settings).await,
+        None => {}
     }
     telemetry::init(settings.log.format, "info");
     telemetry::serve_metrics(&settings.api.metrics_listen, "LIKES__API__METRICS_LISTEN")?;

@@ -1,12 +1,18 @@
 //! Logs through `tracing` (filtered by `RUST_LOG`, as text or JSON lines) and
 //! Prometheus metrics through the `metrics` facade, served by a small HTTP/1
-//! endpoint of our own (so that a taken port is a warning, not an exit).
+//! endpoint of our own (so that a taken port is a warning, not an exit),
+//! which also answers the health probes `/healthz` and `/readyz` (see
+//! [`health`]).
+
+pub mod catalog;
+pub mod health;
 
 use crate::config::LogFormat;
 use bytes::Bytes;
+use health::Health;
 use http_body_util::Full;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Installs the global subscriber for a binary: lines on stderr, filtered by
@@ -31,14 +37,15 @@ pub fn init_for_tests() {
     let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
-/// Why the metrics endpoint could not start.
+/// Why the metrics endpoint could not start, or a client could not read it
+/// (metrics or a health probe).
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
     #[error("metrics_listen {0:?} is not host:port")]
     Address(String),
     #[error("cannot set up metrics: {0}")]
     Exporter(#[from] metrics_exporter_prometheus::BuildError),
-    #[error("cannot read metrics from {addr}: {source}")]
+    #[error("cannot reach the metrics endpoint {addr}: {source}")]
     Fetch {
         addr: String,
         #[source]
@@ -49,8 +56,40 @@ pub enum MetricsError {
 }
 
 /// GET `http://<addr>/metrics`: the Prometheus text of a running binary.
-/// Used by health checks and tests; plain HTTP/1.0, as the exporter serves.
+/// Used by tests and the load test; plain HTTP/1.0, as the exporter serves.
 pub async fn fetch_metrics(addr: &str) -> Result<String, MetricsError> {
+    let answer = http_get(addr, "/metrics").await?;
+    if answer.status != 200 {
+        return Err(MetricsError::Status {
+            addr: addr.to_owned(),
+            status: answer.status_line,
+        });
+    }
+    Ok(answer.body)
+}
+
+/// An HTTP answer of the metrics endpoint.
+#[derive(Debug)]
+pub(crate) struct HttpAnswer {
+    status: u16,
+    status_line: String,
+    /// Names in lowercase.
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl HttpAnswer {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GET `http://<addr><path>` over HTTP/1.0 (the server closes the
+/// connection after its answer, so reading to the end is the whole answer).
+pub(crate) async fn http_get(addr: &str, path: &str) -> Result<HttpAnswer, MetricsError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let fetch = |source| MetricsError::Fetch {
         addr: addr.to_owned(),
@@ -58,20 +97,31 @@ pub async fn fetch_metrics(addr: &str) -> Result<String, MetricsError> {
     };
     let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(fetch)?;
     stream
-        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .map_err(fetch)?;
     let mut response = String::new();
     stream.read_to_string(&mut response).await.map_err(fetch)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
-        return Err(MetricsError::Status {
-            addr: addr.to_owned(),
-            status: status.to_owned(),
-        });
-    }
-    Ok(body.to_owned())
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            Some((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        })
+        .collect();
+    Ok(HttpAnswer {
+        status,
+        status_line,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// The value of the sample `name{labels}` (labels exactly as exposed, or
@@ -92,21 +142,24 @@ pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
         })
 }
 
-/// The metric holding the id of the process serving an endpoint, so that a
-/// health check can tell whose metrics it reads.
-pub const PROCESS_ID_METRIC: &str = "likes_process_id";
-
 /// Records metrics in the process's global Prometheus recorder and serves
-/// them at `http://<listen>/metrics`; an empty `listen` turns metrics off.
+/// them at `http://<listen>/metrics`, with the health probes `/healthz` and
+/// `/readyz` of [`Health::process`]; an empty `listen` turns all of it off.
 /// `setting` names the variable that sets `listen`
 /// (`LIKES__API__METRICS_LISTEN`, ...), for the warning below. Call once,
 /// from `main`, inside the runtime. Durations are histograms in seconds.
 ///
+/// Besides the binary's own metrics (described by [`catalog`]), the
+/// endpoint exports `likes_build_info{version}` (always 1),
+/// `likes_process_id`, and the process metrics of `metrics-process` (CPU
+/// seconds, resident memory, open file descriptors, threads, ...), read
+/// from the OS at each scrape.
+///
 /// When `listen` cannot be bound (say, another worker on this host took the
 /// default port), the process logs a warning naming the address and
 /// `setting`, keeps recording, and runs on without an endpoint: a second
-/// process on one host must not fail to start over its metrics.
-/// [`PROCESS_ID_METRIC`] tells health checks whose endpoint they read.
+/// process on one host must not fail to start over its metrics. The
+/// process id on every answer tells health checks whose endpoint they read.
 pub fn serve_metrics(listen: &str, setting: &str) -> Result<MetricsEndpoint, MetricsError> {
     if listen.is_empty() {
         return Ok(MetricsEndpoint::Off);
@@ -115,7 +168,11 @@ pub fn serve_metrics(listen: &str, setting: &str) -> Result<MetricsEndpoint, Met
         .parse()
         .map_err(|_| MetricsError::Address(listen.to_owned()))?;
     let handle = install_recorder()?;
-    metrics::gauge!(PROCESS_ID_METRIC).set(f64::from(std::process::id()));
+    catalog::describe_all();
+    let process = metrics_process::Collector::default();
+    process.describe();
+    metrics::gauge!("likes_process_id").set(f64::from(std::process::id()));
+    metrics::gauge!("likes_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let listener = match bind(addr) {
         Ok(listener) => listener,
         Err(error) => {
@@ -130,7 +187,12 @@ pub fn serve_metrics(listen: &str, setting: &str) -> Result<MetricsEndpoint, Met
             return Ok(MetricsEndpoint::Unbound(addr));
         }
     };
-    tokio::spawn(serve(listener, handle));
+    let endpoint = Endpoint {
+        metrics: handle,
+        process,
+        health: Health::process(),
+    };
+    tokio::spawn(serve(listener, Arc::new(endpoint)));
     Ok(MetricsEndpoint::Serving(addr))
 }
 
@@ -143,6 +205,15 @@ pub enum MetricsEndpoint {
     Serving(SocketAddr),
     /// Recording, but this address could not be bound.
     Unbound(SocketAddr),
+}
+
+/// What the endpoint serves.
+#[derive(Debug)]
+struct Endpoint {
+    metrics: PrometheusHandle,
+    /// Collected at each scrape, so the values are those of the scrape.
+    process: metrics_process::Collector,
+    health: Arc<Health>,
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -160,7 +231,7 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
             ],
         )?
         .set_buckets_for_metric(
-            Matcher::Full("likes_batch_size".into()),
+            Matcher::Full("likes_batch_events".into()),
             &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
         )?
         .install_recorder()?;
@@ -176,8 +247,8 @@ fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     Ok(handle)
 }
 
-/// A small HTTP/1 server: `GET /metrics` renders the recorder.
-async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
+/// A small HTTP/1 server: `GET /metrics`, `/healthz` and `/readyz`.
+async fn serve(listener: tokio::net::TcpListener, endpoint: Arc<Endpoint>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -188,10 +259,10 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
                 continue;
             }
         };
-        let handle = handle.clone();
+        let endpoint = Arc::clone(&endpoint);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let response = respond(&request, &handle);
+                let response = respond(&request, &endpoint);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let served = hyper::server::conn::http1::Builder::new()
@@ -206,29 +277,48 @@ async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle) {
     }
 }
 
-fn respond<B>(
-    request: &hyper::Request<B>,
-    handle: &PrometheusHandle,
-) -> hyper::Response<Full<Bytes>> {
-    let (status, content_type, body) =
-        if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+fn respond<B>(request: &hyper::Request<B>, endpoint: &Endpoint) -> hyper::Response<Full<Bytes>> {
+    use hyper::StatusCode;
+    let get = request.method() == hyper::Method::GET;
+    let (status, content_type, body) = match request.uri().path() {
+        "/metrics" if get => {
+            endpoint.process.collect();
             (
-                hyper::StatusCode::OK,
+                StatusCode::OK,
                 "text/plain; version=0.0.4",
-                handle.render(),
+                endpoint.metrics.render(),
             )
-        } else {
-            (
-                hyper::StatusCode::NOT_FOUND,
+        }
+        "/healthz" if get => (StatusCode::OK, "text/plain", "live\n".to_owned()),
+        "/readyz" if get => match endpoint.health.readiness() {
+            Ok(()) => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Err(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
-                "not found; metrics are at /metrics\n".to_owned(),
-            )
-        };
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; this endpoint serves /metrics, /healthz and /readyz\n".to_owned(),
+        ),
+    };
     let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    headers.insert(
+        health::PROCESS_ID_HEADER,
+        hyper::header::HeaderValue::from(std::process::id()),
+    );
+    if let Some(listen) = endpoint.health.grpc_listen()
+        && let Ok(value) = hyper::header::HeaderValue::from_str(&listen)
+    {
+        headers.insert(health::GRPC_LISTEN_HEADER, value);
+    }
     response
 }

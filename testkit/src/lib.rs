@@ -263,6 +263,29 @@ pub async fn scrape(addr: &str) -> anyhow::Result<String> {
 
 pub use likes_common::telemetry::sample;
 
+/// The `likes_` metrics of a Prometheus text body that have no `# HELP`
+/// line, each named once.
+pub fn metrics_without_help(body: &str) -> Vec<String> {
+    let described: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("# HELP ")?.split(' ').next())
+        .collect();
+    body.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next())
+        .filter(|name| name.starts_with("likes_") && !described.contains(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asks the health endpoint `probe` (`/healthz` or `/readyz`) of the
+/// metrics listener at `addr`.
+pub async fn probe(
+    addr: &str,
+    probe: likes_common::telemetry::health::Probe,
+) -> anyhow::Result<likes_common::telemetry::health::ProbeAnswer> {
+    Ok(likes_common::telemetry::health::probe(addr, probe, Duration::from_secs(5)).await?)
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
 where

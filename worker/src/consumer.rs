@@ -25,7 +25,7 @@ use crate::{
 };
 use futures_util::StreamExt;
 use lapin::{
-    Channel,
+    Channel, Consumer,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
@@ -67,11 +67,39 @@ impl Incoming {
     }
 }
 
-/// Consumes from the event queue `queue` (one shard) on `channel` until
-/// `shutdown` is cancelled (then flushes, commits and acks the current
-/// batch) or the channel fails.
+/// Subscribes to the event queue `queue` (one shard) on `channel`: confirms
+/// on (for the copies sent to the dead-letter queue), prefetch, and a
+/// consumer the broker registered. Once it returns, deliveries flow.
+pub async fn subscribe(
+    channel: &Channel,
+    queue: &str,
+    settings: &Settings,
+) -> Result<Consumer, WorkerError> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_qos(
+            settings.worker.effective_prefetch(),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Consumes the deliveries of `consumer` (from [`subscribe`] on `channel`)
+/// until `shutdown` is cancelled (then flushes, commits and acks the
+/// current batch) or the channel fails.
 pub async fn consume(
     channel: &Channel,
+    consumer: Consumer,
     queue: &str,
     settings: &Settings,
     writer: &Writer,
@@ -79,21 +107,6 @@ pub async fn consume(
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
     let worker = &settings.worker;
-    // Confirms for the copies sent to the dead-letter queue.
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    channel
-        .basic_qos(worker.effective_prefetch(), BasicQosOptions::default())
-        .await?;
-    let consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
     let tag = consumer.tag();
     let mut incoming = consumer.map(|delivery| delivery.map(Incoming::decode));
     let settler = Settler {

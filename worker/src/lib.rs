@@ -15,6 +15,7 @@ pub mod writer;
 use anyhow::Context;
 use error::WorkerError;
 use likes_common::Settings;
+use likes_common::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use likes_queue::backoff::Reconnect;
 use stats::WorkerStats;
 use std::{sync::Arc, time::Duration};
@@ -54,8 +55,14 @@ impl Worker {
     /// and the channel and connection closed. A lost connection is re-opened
     /// with capped exponential backoff; unacked messages of the lost channel
     /// are redelivered by the broker, and writing them again is harmless.
+    ///
+    /// The worker is ready (`/readyz`) while it consumes every queue it
+    /// should, and `likes_amqp_connected{role="worker"}` is 1 then, 0 before
+    /// the first connection and while reconnecting.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let amqp_settings = &self.settings.amqp;
+        let readiness = Health::process().register("worker", "connecting to RabbitMQ");
+        metrics::gauge!("likes_amqp_connected", "role" => "worker").set(0.0);
         // The first connection fails loudly: a wrong URL should stop startup.
         let mut session = Some(
             likes_queue::connect(amqp_settings, "likes-worker")
@@ -71,6 +78,7 @@ impl Worker {
                     Ok(connection) => connection,
                     Err(error) => {
                         let delay = backoff.next_delay();
+                        readiness.not_ready("cannot reach RabbitMQ; retrying");
                         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot reach RabbitMQ");
                         tokio::select! {
                             () = shutdown.cancelled() => break,
@@ -80,7 +88,7 @@ impl Worker {
                 },
             };
             let started = tokio::time::Instant::now();
-            match self.consume_on(&connection, &shutdown).await {
+            match self.consume_on(&connection, &readiness, &shutdown).await {
                 Ok(()) => break,
                 // Not a broker outage: another shard layout's queues exist.
                 Err(WorkerError::Topology(
@@ -100,6 +108,7 @@ impl Worker {
                     let delay = backoff.next_delay();
                     metrics::counter!("likes_amqp_reconnects_total", "role" => "worker")
                         .increment(1);
+                    readiness.not_ready("lost RabbitMQ; reconnecting");
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
                     close_abandoned(&connection, "reconnecting").await;
                     tokio::select! {
@@ -120,10 +129,12 @@ impl Worker {
     /// One session on one connection: declare, consume every shard of
     /// `worker.shards` on a channel of its own, then close cleanly. The
     /// first shard to fail ends the session (the others' unacked messages
-    /// come back when the connection closes).
+    /// come back when the connection closes). Ready from the moment every
+    /// shard's consumer is registered until the session ends.
     async fn consume_on(
         &self,
         connection: &lapin::Connection,
+        readiness: &ReadinessReporter,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
         likes_queue::declare_topology(connection, &self.settings.amqp).await?;
@@ -146,21 +157,36 @@ impl Worker {
         for _ in &queues {
             channels.push(connection.create_channel().await?);
         }
+        let consumers = futures_util::future::try_join_all(
+            channels
+                .iter()
+                .zip(&queues)
+                .map(|(channel, queue)| consumer::subscribe(channel, queue, &self.settings)),
+        )
+        .await?;
         metrics::gauge!("likes_amqp_connected", "role" => "worker").set(1.0);
-        let consumed = futures_util::future::try_join_all(channels.iter().zip(&queues).map(
-            |(channel, queue)| {
-                consumer::consume(
-                    channel,
-                    queue,
-                    &self.settings,
-                    &self.writer,
-                    &self.stats,
-                    shutdown,
-                )
-            },
-        ))
-        .await;
+        readiness.ready();
+        let consumed =
+            futures_util::future::try_join_all(channels.iter().zip(consumers).zip(&queues).map(
+                |((channel, consumer), queue)| {
+                    consumer::consume(
+                        channel,
+                        consumer,
+                        queue,
+                        &self.settings,
+                        &self.writer,
+                        &self.stats,
+                        shutdown,
+                    )
+                },
+            ))
+            .await;
         metrics::gauge!("likes_amqp_connected", "role" => "worker").set(0.0);
+        readiness.not_ready(if shutdown.is_cancelled() {
+            "stopping"
+        } else {
+            "lost RabbitMQ; reconnecting"
+        });
         consumed?;
         for channel in channels {
             channel.close(200, "shutdown".into()).await?;
@@ -190,18 +216,38 @@ async fn close_abandoned(connection: &lapin::Connection, reason: &str) {
 }
 
 /// `likes-worker --health-check [--pid N]`: succeeds while the worker
-/// process N is connected to RabbitMQ, as its own metrics endpoint
-/// (`worker.metrics_listen`; an unspecified address means this host) says.
+/// process N is live: its metrics endpoint (`worker.metrics_listen`; an
+/// unspecified address means this host) answers `GET /healthz` with 200.
 ///
-/// It never reports another process's health as this one's: the endpoint
-/// exports the id of the process serving it (`likes_process_id`), and the
-/// check fails unless that is the worker it checks. Without `--pid`, that
-/// worker is the one `likes-worker` process in this PID namespace (a
-/// container's, or the host's) other than health checks; with none or
-/// several, the check fails and says to pass `--pid`. A worker whose metrics
-/// address was taken (it warned at start) serves no endpoint, so its check
-/// fails: give each worker on one host its own `LIKES__WORKER__METRICS_LISTEN`.
+/// Liveness, not readiness: container runtimes run this check, and some
+/// (Docker Swarm, an autoheal sidecar) replace a container that fails it. A
+/// worker waiting out a broker outage reconnects by itself; replacing it
+/// would not bring the broker back. Whether it consumes is `/readyz` (see
+/// [`readiness_check`]), and `likes_amqp_connected{role="worker"}`.
+///
+/// It never reports another process's health as this one's: every answer
+/// of the endpoint names the serving process (`likes-process-id` header),
+/// and the check fails unless that is the worker it checks. Without
+/// `--pid`, that worker is the one `likes-worker` process in this PID
+/// namespace (a container's, or the host's) other than health checks; with
+/// none or several, the check fails and says to pass `--pid`. A worker whose
+/// metrics address was taken (it warned at start) serves no endpoint, so its
+/// check fails: give each worker on one host its own
+/// `LIKES__WORKER__METRICS_LISTEN`.
 pub async fn health_check(settings: &Settings, pid: Option<u32>) -> anyhow::Result<()> {
+    check(settings, pid, Probe::Live).await
+}
+
+/// Like [`health_check`], but asks `/readyz`: succeeds while the worker
+/// consumes every queue of `worker.shards`. `--health-check --ready`.
+pub async fn readiness_check(settings: &Settings, pid: Option<u32>) -> anyhow::Result<()> {
+    check(settings, pid, Probe::Ready).await
+}
+
+/// How long a check waits for the endpoint's answer.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+async fn check(settings: &Settings, pid: Option<u32>, probe: Probe) -> anyhow::Result<()> {
     let listen = &settings.worker.metrics_listen;
     anyhow::ensure!(
         !listen.is_empty(),
@@ -215,18 +261,21 @@ pub async fn health_check(settings: &Settings, pid: Option<u32>) -> anyhow::Resu
         Some(pid) => pid,
         None => the_one_worker()?,
     };
-    let body = likes_common::telemetry::fetch_metrics(&addr.to_string()).await?;
-    let serving =
-        likes_common::telemetry::sample(&body, likes_common::telemetry::PROCESS_ID_METRIC, None);
+    let answer = health::probe(&addr.to_string(), probe, CHECK_TIMEOUT).await?;
     anyhow::ensure!(
-        serving == Some(f64::from(pid)),
+        answer.process_id == Some(pid),
         "the metrics endpoint {addr} belongs to process {}, not to likes-worker {pid} \
          (was its LIKES__WORKER__METRICS_LISTEN taken at start?)",
-        serving.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
+        answer
+            .process_id
+            .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
     );
-    let connected =
-        likes_common::telemetry::sample(&body, "likes_amqp_connected", Some("role=\"worker\""));
-    anyhow::ensure!(connected == Some(1.0), "not connected to RabbitMQ");
+    anyhow::ensure!(
+        answer.ok,
+        "{} of likes-worker {pid}: {}",
+        probe.path(),
+        answer.text
+    );
     Ok(())
 }
 

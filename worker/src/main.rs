@@ -24,10 +24,15 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(flatten)]
     settings: ConfigArgs,
-    /// Exit 0 if the worker serving worker.metrics_listen is connected to
-    /// RabbitMQ (for container health checks); starts no worker.
+    /// Exit 0 if the worker's metrics endpoint (worker.metrics_listen)
+    /// answers GET /healthz: alive, whatever the broker does (for container
+    /// health checks); starts no worker.
     #[arg(long)]
     health_check: bool,
+    /// With --health-check: ask GET /readyz instead, exit 0 only while the
+    /// worker consumes every queue of worker.shards.
+    #[arg(long, requires = "health_check")]
+    ready: bool,
     /// With --health-check: the process id of the worker to check; without
     /// it, the one likes-worker process in this PID namespace.
     #[arg(long, value_name = "N", requires = "health_check")]
@@ -62,7 +67,10 @@ fn main() -> ExitCode {
         return cli.settings.check_config("likes-worker", &settings);
     }
     let mode = if cli.health_check {
-        Mode::HealthCheck { pid: cli.pid }
+        Mode::HealthCheck {
+            pid: cli.pid,
+            ready: cli.ready,
+        }
     } else {
         Mode::Work
     };
@@ -76,12 +84,18 @@ fn main() -> ExitCode {
 #[derive(Debug)]
 enum Mode {
     Work,
-    HealthCheck { pid: Option<u32> },
+    HealthCheck { pid: Option<u32>, ready: bool },
 }
 
 async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
-    if let Mode::HealthCheck { pid } = mode {
-        return likes_worker::health_check(&settings, pid).await;
+    match mode {
+        Mode::HealthCheck { pid, ready: false } => {
+            return likes_worker::health_check(&settings, pid).await;
+        }
+        Mode::HealthCheck { pid, ready: true } => {
+            return likes_worker::readiness_check(&settings, pid).await;
+        }
+        Mode::Work => {}
     }
     telemetry::init(settings.log.format, "info");
     telemetry::serve_metrics(

@@ -6,15 +6,17 @@
 //! | `likes_batches_total` | counter | statements committed (one transaction each) |
 //! | `likes_events_written_total` | counter | events in committed statements |
 //! | `likes_rows_written_total` | counter | `likes` rows inserted or changed |
-//! | `likes_batch_size` | histogram | events per batch |
+//! | `likes_batch_events` | histogram | events per acked batch |
 //! | `likes_batch_flush_seconds` | histogram | time from a batch's close to its ack |
-//! | `likes_acks_total` / `likes_nacks_total` | counter | batch acks / batch requeues |
+//! | `likes_batches_acked_total` / `likes_batches_requeued_total` | counter | batches acked / batches requeued (one ack or nack of all their messages each) |
 //! | `likes_dead_lettered_total` | counter | messages sent to the dead-letter queue |
 //! | `likes_write_retries_total` | counter | failed write attempts retried in place |
 //! | `likes_amqp_reconnects_total{role}` | counter | broker reconnections |
 //! | `likes_amqp_connected{role}` | gauge | 1 while connected |
 //! | `likes_queue_depth` | gauge | ready messages in the event queue |
 //! | `likes_db_pool_connections{state}` | gauge | pool connections, `idle` or `in_use` |
+//!
+//! Their help texts are in `likes_common::telemetry::catalog`.
 
 use hdrhistogram::Histogram;
 use std::{
@@ -95,8 +97,8 @@ impl WorkerStats {
     }
 
     pub(crate) fn batch_acked(&self, size: usize, flush: Duration) {
-        metrics::counter!("likes_acks_total").increment(1);
-        metrics::histogram!("likes_batch_size").record(size as f64);
+        metrics::counter!("likes_batches_acked_total").increment(1);
+        metrics::histogram!("likes_batch_events").record(size as f64);
         metrics::histogram!("likes_batch_flush_seconds").record(flush.as_secs_f64());
         let micros = u64::try_from(flush.as_micros()).unwrap_or(u64::MAX).max(1);
         self.flush_micros
@@ -107,7 +109,7 @@ impl WorkerStats {
 
     pub(crate) fn batch_requeued(&self) {
         self.requeued_batches.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("likes_nacks_total").increment(1);
+        metrics::counter!("likes_batches_requeued_total").increment(1);
     }
 
     pub(crate) fn dead_lettered_one(&self) {

@@ -7,6 +7,7 @@
 mod cli;
 mod deadlines;
 mod floods;
+mod health;
 mod processes;
 
 use likes_common::config::SecretUrl;
@@ -191,7 +192,7 @@ async fn both_binaries_serve_prometheus_metrics_that_match_what_was_sent() -> an
         "{body}"
     );
     assert!(
-        sample(&body, "likes_acks_total", None).unwrap_or(0.0) >= 1.0,
+        sample(&body, "likes_batches_acked_total", None).unwrap_or(0.0) >= 1.0,
         "{body}"
     );
     assert_eq!(
@@ -204,7 +205,7 @@ async fn both_binaries_serve_prometheus_metrics_that_match_what_was_sent() -> an
         Some(1.0),
         "{body}"
     );
-    assert!(body.contains("likes_batch_size_bucket"), "{body}");
+    assert!(body.contains("likes_batch_events_bucket"), "{body}");
     assert!(body.contains("likes_batch_flush_seconds_bucket"), "{body}");
 
     // The binaries' own health checks, as a container runtime runs them.

@@ -1,7 +1,8 @@
 //! Several processes on one host with default metrics settings: two
 //! workers, two apis on their own gRPC ports. The later ones cannot have
 //! the default metrics ports; they warn and keep working, and a health
-//! check never reports another process's health as theirs.
+//! check never reports another process's health as theirs (it fails for
+//! a process without an endpoint).
 
 use crate::{API, ONE_AT_A_TIME, connect, like};
 use likes_testkit::{TestEnv, eventually, free_port, process::ServiceProcess};
@@ -128,16 +129,26 @@ async fn two_workers_and_two_apis_with_default_metrics_settings_all_run_and_do_t
         assert!(api.is_running(), "both apis must keep running");
     }
 
-    // Each api's health check asks its own gRPC port.
-    for (_, settings) in &apis {
-        let status = likes_testkit::process::command(Path::new(API), settings)
+    // The second api has no endpoint of its own: its check must fail,
+    // never pass on the first api's; the first api's check passes.
+    for (i, (_, settings)) in apis.iter().enumerate() {
+        let output = likes_testkit::process::command(Path::new(API), settings)
             .arg("--health-check")
-            .status()?;
-        assert!(
-            status.success(),
-            "api on {} reports unhealthy",
-            settings.api.listen
-        );
+            .output()?;
+        let said = String::from_utf8_lossy(&output.stderr);
+        if i == 1 {
+            assert!(
+                !output.status.success(),
+                "the second api's check passed on another's endpoint"
+            );
+            assert!(said.contains("belongs to the api serving"), "{said}");
+        } else if api_port_free {
+            assert!(
+                output.status.success(),
+                "api on {} reports unhealthy: {said}",
+                settings.api.listen
+            );
+        }
     }
     // The second worker has no endpoint of its own: its check must fail,
     // never read the first worker's.

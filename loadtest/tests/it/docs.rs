@@ -1,7 +1,9 @@
 //! What the docs and the dashboard say agrees with the code: the README's
 //! configuration table lists every key of `config/default.toml` with its
-//! default (and nothing else), and every metric the Grafana dashboard
-//! queries is one a binary exports. Each check also refuses a broken copy.
+//! default (and nothing else), every metric the Grafana dashboard queries
+//! is one a binary exports, and the metrics the sources record, the ones
+//! `likes_common::telemetry::catalog` describes and the README's metrics
+//! table are the same. Each check also refuses a broken copy.
 
 use crate::repo;
 use std::collections::{BTreeMap, BTreeSet};
@@ -168,13 +170,8 @@ fn rust_sources(dir: &std::path::Path, into: &mut String) {
     }
 }
 
-#[test]
-fn the_dashboard_queries_only_metrics_the_binaries_export() {
-    let dashboard: serde_json::Value =
-        serde_json::from_str(&repo::read("deploy/grafana/likes-dashboard.json"))
-            .expect("the dashboard is JSON");
-    let mut queried = BTreeSet::new();
-    queried_metrics(&dashboard, &mut queried);
+/// The Rust sources of every crate's `src/` in the workspace.
+fn workspace_sources() -> String {
     let mut source = String::new();
     for entry in std::fs::read_dir(repo::root())
         .expect("the workspace root")
@@ -185,6 +182,53 @@ fn the_dashboard_queries_only_metrics_the_binaries_export() {
             rust_sources(&src, &mut source);
         }
     }
+    source
+}
+
+/// The metric names in the README's table of section "Metrics and logs".
+fn readme_metrics(readme: &str) -> BTreeSet<String> {
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Metrics and logs"))
+        .expect("a Metrics and logs section");
+    let rows: String = section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split('|').nth(1).unwrap_or_default())
+        .collect();
+    metric_names(&rows)
+}
+
+#[test]
+fn every_recorded_metric_is_described_and_in_the_readme() {
+    let recorded = exported_metrics(&workspace_sources());
+    let described: BTreeSet<String> = likes_common::telemetry::catalog::METRICS
+        .iter()
+        .map(|m| m.name.to_owned())
+        .collect();
+    assert!(recorded.len() >= 20, "{recorded:?}");
+    assert_eq!(
+        recorded, described,
+        "the sources record (left) and telemetry::catalog describes (right) other metrics"
+    );
+    let listed = readme_metrics(&repo::read("README.md"));
+    assert_eq!(
+        listed, described,
+        "the README's metrics table (left) and telemetry::catalog (right) name other metrics"
+    );
+
+    let broken = "# likes\n## Metrics and logs\n\n| `likes_made_up_total` | api | counter | no |\n";
+    assert!(!readme_metrics(broken).is_subset(&described));
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_the_binaries_export() {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo::read("deploy/grafana/likes-dashboard.json"))
+            .expect("the dashboard is JSON");
+    let mut queried = BTreeSet::new();
+    queried_metrics(&dashboard, &mut queried);
+    let source = workspace_sources();
     let exported = exported_metrics(&source);
     let missing: Vec<&String> = queried.difference(&exported).collect();
     assert!(queried.len() >= 5, "{queried:?}");

@@ -2,6 +2,7 @@
 //! with SIGTERM. Real RabbitMQ and PostgreSQL, own database and queues.
 
 mod cli;
+mod health;
 
 use likes_testkit::{
     TestEnv, eventually,

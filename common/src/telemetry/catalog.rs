@@ -1,0 +1,222 @@
+//! Every `likes_` metric the binaries export, with its kind, unit and help
+//! text. [`describe_all`] hands them to the recorder when metrics start, so
+//! each metric an endpoint exports has its `# HELP` line; the names follow
+//! Prometheus conventions (base units in the name, `_total` on counters).
+//!
+//! One list for both binaries: the exporter prints a description only for a
+//! metric that has been recorded, so the api's endpoint shows no worker
+//! metric. A test (`loadtest/tests/it/docs.rs`) checks that this list, the
+//! metrics the sources record and the README's table name the same metrics.
+
+use metrics::Unit;
+
+/// What kind of metric a [`Metric`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One exported metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// `None` for a state (a 0/1 gauge, an id) rather than a quantity.
+    pub unit: Option<Unit>,
+    pub help: &'static str,
+}
+
+const fn metric(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Metric {
+    Metric {
+        name,
+        kind,
+        unit,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+const COUNT: Option<Unit> = Some(Unit::Count);
+const SECONDS: Option<Unit> = Some(Unit::Seconds);
+
+/// Every `likes_` metric of the api and the worker. The process metrics
+/// (`process_cpu_seconds_total`, ...) are described by `metrics-process`.
+pub const METRICS: &[Metric] = &[
+    // api
+    metric(
+        "likes_rpc_requests_total",
+        Counter,
+        COUNT,
+        "LikeService calls answered, by method and gRPC status code.",
+    ),
+    metric(
+        "likes_rpc_duration_seconds",
+        Histogram,
+        SECONDS,
+        "Time to answer a LikeService call, in seconds, by method.",
+    ),
+    metric(
+        "likes_publish_confirm_seconds",
+        Histogram,
+        SECONDS,
+        "Time from publishing a broker message to its confirm or failure, in seconds, by outcome.",
+    ),
+    metric(
+        "likes_publish_messages_total",
+        Counter,
+        COUNT,
+        "Broker messages published and confirmed.",
+    ),
+    metric(
+        "likes_publish_events_total",
+        Counter,
+        COUNT,
+        "Like and Unlike events in confirmed broker messages.",
+    ),
+    metric(
+        "likes_requests_refused_total",
+        Counter,
+        COUNT,
+        "Calls refused before any handler ran, by reason: concurrency, stalled_body, body_bytes, content_type.",
+    ),
+    metric(
+        "likes_deadlines_exceeded_total",
+        Counter,
+        COUNT,
+        "Calls ended with DEADLINE_EXCEEDED by the caller's deadline.",
+    ),
+    // worker
+    metric(
+        "likes_batches_total",
+        Counter,
+        COUNT,
+        "Write statements committed, one database transaction each.",
+    ),
+    metric(
+        "likes_events_written_total",
+        Counter,
+        COUNT,
+        "Events in committed write statements.",
+    ),
+    metric(
+        "likes_rows_written_total",
+        Counter,
+        COUNT,
+        "Rows of the likes table inserted or changed.",
+    ),
+    metric(
+        "likes_batch_events",
+        Histogram,
+        COUNT,
+        "Events per acked batch.",
+    ),
+    metric(
+        "likes_batch_flush_seconds",
+        Histogram,
+        SECONDS,
+        "Time from a batch's close to its ack, in seconds.",
+    ),
+    metric(
+        "likes_batches_acked_total",
+        Counter,
+        COUNT,
+        "Batches acked once committed (one ack of all their messages each).",
+    ),
+    metric(
+        "likes_batches_requeued_total",
+        Counter,
+        COUNT,
+        "Batches handed back to the queue (nack with requeue) after their retry budget.",
+    ),
+    metric(
+        "likes_dead_lettered_total",
+        Counter,
+        COUNT,
+        "Messages sent to the dead-letter queue.",
+    ),
+    metric(
+        "likes_write_retries_total",
+        Counter,
+        COUNT,
+        "Failed batch writes retried in place.",
+    ),
+    metric(
+        "likes_queue_depth",
+        Gauge,
+        COUNT,
+        "Ready messages in the event queues this worker consumes.",
+    ),
+    // both
+    metric(
+        "likes_amqp_connected",
+        Gauge,
+        None,
+        "1 while the broker link is up (api: it can publish; worker: it consumes), else 0, by role.",
+    ),
+    metric(
+        "likes_amqp_reconnects_total",
+        Counter,
+        COUNT,
+        "Broker reconnections after a lost link, by role.",
+    ),
+    metric(
+        "likes_db_pool_connections",
+        Gauge,
+        COUNT,
+        "PostgreSQL pool connections, by state: idle or in_use.",
+    ),
+    metric(
+        "likes_process_id",
+        Gauge,
+        None,
+        "Id of the process serving this endpoint, so a health check can tell whose it reads.",
+    ),
+    metric(
+        "likes_build_info",
+        Gauge,
+        None,
+        "Always 1; the version label names the running build.",
+    ),
+];
+
+/// Describes every metric of [`METRICS`] to the installed recorder. Call
+/// after installing it: descriptions given before go nowhere.
+pub fn describe_all() {
+    for metric in METRICS {
+        metrics::with_recorder(|recorder| {
+            let (name, help) = (metric.name.into(), metric.help.into());
+            match metric.kind {
+                Counter => recorder.describe_counter(name, metric.unit, help),
+                Gauge => recorder.describe_gauge(name, metric.unit, help),
+                Histogram => recorder.describe_histogram(name, metric.unit, help),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let mut seen = std::collections::BTreeSet::new();
+        for metric in METRICS {
+            assert!(seen.insert(metric.name), "{} twice", metric.name);
+            assert!(metric.name.starts_with("likes_"), "{}", metric.name);
+            assert_eq!(
+                metric.kind == Counter,
+                metric.name.ends_with("_total"),
+                "{}: counters, and only counters, end in _total",
+                metric.name
+            );
+            if metric.unit == SECONDS {
+                assert!(metric.name.ends_with("_seconds"), "{}", metric.name);
+            }
+            assert!(metric.help.ends_with('.'), "{}", metric.name);
+        }
+    }
+}
