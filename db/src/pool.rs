@@ -1,6 +1,8 @@
 //! Connecting: creating the database if missing, running the embedded
 //! migrations and building the bb8 pool, behind a small circuit breaker
 //! (see [`crate::circuit`]) so that checkouts during an outage fail fast.
+//! Every connection is opened by [`crate::tls::establish`], so all of them
+//! follow the URL's `sslmode` and `database.tls_ca_file`.
 
 use crate::{
     DbError,
@@ -8,10 +10,11 @@ use crate::{
 };
 use diesel::{OptionalExtension, QueryableByName, sql_types::Text};
 use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
-    pooled_connection::{AsyncDieselConnectionManager, bb8::Pool},
+    AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, bb8::Pool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
 use likes_common::config::DatabaseSettings;
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -128,9 +131,17 @@ pub fn spawn_pool_gauges(pool: PgPool, stop: CancellationToken) {
 /// Creates the database if needed, runs migrations, and returns a pool.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.url.expose();
-    ensure_database(url).await?;
-    run_migrations(url).await?;
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let tls_ca_file = settings.tls_ca_file.as_str();
+    ensure_database(url, tls_ca_file).await?;
+    run_migrations(url, tls_ca_file).await?;
+    let mut config = ManagerConfig::default();
+    let ca_file = settings.tls_ca_file.clone();
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        let ca_file = ca_file.clone();
+        async move { crate::tls::establish(&url, &ca_file).await }.boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let circuit = Arc::new(Circuit::new(settings.circuit_open()));
     let pool = Pool::builder()
         .max_size(settings.pool_size)
@@ -155,10 +166,13 @@ struct Exists {
 }
 
 /// Creates the database named in `url` unless it exists, connecting to the
-/// `postgres` maintenance database of the same server to do so.
-pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+/// `postgres` maintenance database of the same server (with the same
+/// parameters, so the same TLS) to do so.
+pub async fn ensure_database(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
     let (server_url, name) = split_database_url(url)?;
-    let mut conn = AsyncPgConnection::establish(&format!("{server_url}/postgres")).await?;
+    let params = &url[server_url.len() + 1 + name.len()..];
+    let maintenance = format!("{server_url}/postgres{params}");
+    let mut conn = crate::tls::establish(&maintenance, tls_ca_file).await?;
     let found = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
         .bind::<Text, _>(name)
         .get_result::<Exists>(&mut conn)
@@ -184,8 +198,8 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
 }
 
 /// Runs the embedded migrations that have not run yet, one process at a time.
-pub async fn run_migrations(url: &str) -> Result<(), DbError> {
-    let mut conn = AsyncPgConnection::establish(url).await?;
+pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
+    let mut conn = crate::tls::establish(url, tls_ca_file).await?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
         .execute(&mut conn)
         .await?;
