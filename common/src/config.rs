@@ -153,7 +153,7 @@ pub struct AmqpSettings {
     /// PEM file of the CA certificates trusted for `amqps://` nodes, besides
     /// the system's roots; empty: the system's roots alone.
     pub tls_ca_file: String,
-    /// PEM certificate (chain) and PKCS#8 key presented to `amqps://` nodes
+    /// PEM certificate (chain) and PEM private key presented to `amqps://` nodes
     /// that ask for one; both empty: none.
     pub tls_client_cert_file: String,
     pub tls_client_key_file: String,

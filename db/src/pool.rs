@@ -90,13 +90,14 @@ impl Drop for TrialGuard<'_> {
     }
 }
 
-/// bb8 reports each failed connection attempt here: it opens the circuit.
+/// bb8 reports each failed connection attempt here: it opens the circuit,
+/// whose log line then says why the attempt failed.
 #[derive(Debug, Clone)]
 struct CircuitSink(Arc<Circuit>);
 
-impl<E> bb8::ErrorSink<E> for CircuitSink {
-    fn sink(&self, _error: E) {
-        self.0.failed();
+impl<E: std::fmt::Display> bb8::ErrorSink<E> for CircuitSink {
+    fn sink(&self, error: E) {
+        self.0.failed_because(Some(&error));
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<E>> {

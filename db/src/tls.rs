@@ -128,7 +128,7 @@ fn server_address(config: &tokio_postgres::Config) -> String {
 /// certificate one that names the server and the setting deciding trust.
 fn explain(server: &str, mode: SslMode, error: &tokio_postgres::Error) -> String {
     match rustls_cause(error) {
-        Some(rustls::Error::InvalidCertificate(reason)) => {
+        Some(refused @ rustls::Error::InvalidCertificate(_)) => {
             let trusted = match mode {
                 SslMode::VerifyFull => {
                     "it must be signed by a CA of database.tls_ca_file (or of the system when \
@@ -141,7 +141,7 @@ fn explain(server: &str, mode: SslMode, error: &tokio_postgres::Error) -> String
             };
             format!(
                 "TLS to PostgreSQL at {server} failed: the server's certificate is not trusted \
-                 (invalid peer certificate: {reason:?}); {trusted}"
+                 ({refused}); {trusted}"
             )
         }
         Some(other) => format!("TLS to PostgreSQL at {server} failed: {other}"),

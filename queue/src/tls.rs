@@ -106,6 +106,15 @@ pub fn explain(url: &str, error: lapin::Error) -> lapin::Error {
              ({tls_error}); it must be signed by a CA of the system or of amqp.tls_ca_file, \
              and name the host of amqp.url"
         ),
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown,
+        ) => format!(
+            "TLS to RabbitMQ at {node} failed: the broker refused our client certificate or its \
+             absence ({tls_error}); see amqp.tls_client_cert_file and amqp.tls_client_key_file"
+        ),
         _ => format!("TLS to RabbitMQ at {node} failed: {tls_error}"),
     };
     io::Error::new(io::ErrorKind::InvalidData, message).into()

@@ -14,6 +14,7 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 mod running;
+pub mod tls_proxy;
 pub mod tools;
 pub mod verify;
 
