@@ -13,7 +13,7 @@ pub mod tls;
 pub use error::DbError;
 pub use models::{Action, LikeChange, WriteOutcome};
 pub use pool::{
-    PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations,
-    spawn_pool_gauges, split_database_url,
+    PgPool, PooledConnection, checkout, connect, ensure_database, maintenance_database_url,
+    run_migrations, spawn_pool_gauges, split_database_url,
 };
 pub use tls::establish;

@@ -170,9 +170,8 @@ struct Exists {
 /// `postgres` maintenance database of the same server (with the same
 /// parameters, so the same TLS) to do so.
 pub async fn ensure_database(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
-    let (server_url, name) = split_database_url(url)?;
-    let params = &url[server_url.len() + 1 + name.len()..];
-    let maintenance = format!("{server_url}/postgres{params}");
+    let (_, name) = split_database_url(url)?;
+    let maintenance = maintenance_database_url(url)?;
     let mut conn = crate::tls::establish(&maintenance, tls_ca_file).await?;
     let found = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
         .bind::<Text, _>(name)
@@ -240,6 +239,15 @@ pub fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
     Ok((&url[..slash], name))
 }
 
+/// `postgres://u@h:5432/likes?sslmode=require` →
+/// `postgres://u@h:5432/postgres?sslmode=require`: the maintenance database
+/// of the same server, reached with the same parameters (so the same TLS).
+pub fn maintenance_database_url(url: &str) -> Result<String, DbError> {
+    let (server_url, name) = split_database_url(url)?;
+    let params = &url[server_url.len() + 1 + name.len()..];
+    Ok(format!("{server_url}/postgres{params}"))
+}
+
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -257,6 +265,19 @@ mod tests {
         assert_eq!(name, "likes");
         assert!(split_database_url("postgres://h:5432").is_err());
         assert!(split_database_url("postgres://h:5432/").is_err());
+    }
+
+    #[test]
+    fn the_maintenance_database_keeps_the_parameters() {
+        assert_eq!(
+            maintenance_database_url("postgres://u@h:5432/likes?sslmode=verify-full")
+                .expect("valid url"),
+            "postgres://u@h:5432/postgres?sslmode=verify-full"
+        );
+        assert_eq!(
+            maintenance_database_url("postgres://u@h/likes").expect("valid url"),
+            "postgres://u@h/postgres"
+        );
     }
 
     #[test]
