@@ -16,6 +16,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp target/release/likes-api target/release/likes-worker target/release/likes-dlq /out/
 
 FROM debian:bookworm-slim
+# The system's root certificates, which amqps:// and sslmode=verify-full
+# trust when no CA file is set.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin likes
 COPY --from=build /out/ /usr/local/bin/
 USER 10001:10001

@@ -34,10 +34,13 @@
 //! | `LIKES__AMQP__CLASSIC_QUEUE_VERSION` | `2` (classic queues only) |
 //! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
 //! | `LIKES__AMQP__SHARDS` | `1` |
+//! | `LIKES__AMQP__TLS_CA_FILE` | empty (system roots) |
+//! | `LIKES__AMQP__TLS_CLIENT_CERT_FILE`, `..._TLS_CLIENT_KEY_FILE` | empty (no client certificate) |
 //! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
 //! | `LIKES__DATABASE__POOL_SIZE` | `8` |
 //! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
 //! | `LIKES__DATABASE__CIRCUIT_OPEN_MS` | `500` (0: no circuit) |
+//! | `LIKES__DATABASE__TLS_CA_FILE` | empty (system roots) |
 //! | `LIKES__WORKER__SHARDS` | empty (every shard) |
 //! | `LIKES__WORKER__BATCH_SIZE` | `500` |
 //! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
@@ -147,6 +150,13 @@ pub struct AmqpSettings {
     /// Event queues the likes are spread over by post id (1: one queue
     /// named `queue`; K > 1: `queue.0` … `queue.K-1`).
     pub shards: u16,
+    /// PEM file of the CA certificates trusted for `amqps://` nodes, besides
+    /// the system's roots; empty: the system's roots alone.
+    pub tls_ca_file: String,
+    /// PEM certificate (chain) and PEM private key presented to `amqps://` nodes
+    /// that ask for one; both empty: none.
+    pub tls_client_cert_file: String,
+    pub tls_client_key_file: String,
 }
 
 /// RabbitMQ queue type of the event queue.
@@ -174,6 +184,9 @@ pub struct DatabaseSettings {
     /// After a failed connection, checkouts fail at once for this long
     /// (then one trial goes through); 0 turns the circuit off.
     pub circuit_open_ms: u64,
+    /// PEM file of the CA certificates `sslmode=verify-ca`/`verify-full`
+    /// verify the server against; empty: the system's roots.
+    pub tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -315,6 +328,12 @@ impl Settings {
             return Err(invalid(
                 "amqp.shards",
                 format!("must be between 1 and {MAX_SHARDS}"),
+            ));
+        }
+        if self.amqp.tls_client_cert_file.is_empty() != self.amqp.tls_client_key_file.is_empty() {
+            return Err(invalid(
+                "amqp.tls_client_cert_file",
+                "amqp.tls_client_cert_file and amqp.tls_client_key_file go together",
             ));
         }
         self.consumed_shards()?;
@@ -552,6 +571,24 @@ mod tests {
         assert_eq!(s.api.max_header_list_bytes, 32 * 1024);
         assert_eq!(s.api.request_body_grace_ms, 200);
         assert_eq!(s.database.circuit_open_ms, 500);
+        assert_eq!(s.amqp.tls_ca_file, "");
+        assert_eq!(s.database.tls_ca_file, "");
+    }
+
+    #[test]
+    fn an_amqp_client_certificate_needs_its_key() {
+        let mut s = Settings::defaults();
+        s.amqp.tls_client_cert_file = "client.pem".into();
+        let err = s.validate().expect_err("a certificate without its key");
+        assert!(
+            err.to_string().contains("amqp.tls_client_key_file"),
+            "{err}"
+        );
+        s.amqp.tls_client_cert_file.clear();
+        s.amqp.tls_client_key_file = "client.key".into();
+        assert!(s.validate().is_err(), "a key without its certificate");
+        s.amqp.tls_client_cert_file = "client.pem".into();
+        s.validate().expect("both");
     }
 
     #[test]

@@ -77,16 +77,33 @@ impl Circuit {
 
     /// A connection attempt or a checkout failed: open (again).
     pub(crate) fn failed(&self) {
+        self.failed_because(None);
+    }
+
+    /// [`Circuit::failed`], with the connection attempt's error for the
+    /// log line that opening the circuit writes (say, a refused TLS
+    /// certificate, which would otherwise show nowhere after startup).
+    pub(crate) fn failed_because(&self, reason: Option<&dyn std::fmt::Display>) {
         if self.open_for.is_zero() {
+            if let Some(reason) = reason {
+                tracing::warn!(error = %reason, "cannot open a PostgreSQL connection");
+            }
             return;
         }
         {
             let mut state = self.lock();
             if *state == State::Closed {
-                tracing::warn!(
-                    open_ms = self.open_for.as_millis() as u64,
-                    "cannot reach PostgreSQL; failing checkouts at once for a while"
-                );
+                match reason {
+                    Some(reason) => tracing::warn!(
+                        open_ms = self.open_for.as_millis() as u64,
+                        error = %reason,
+                        "cannot reach PostgreSQL; failing checkouts at once for a while"
+                    ),
+                    None => tracing::warn!(
+                        open_ms = self.open_for.as_millis() as u64,
+                        "cannot reach PostgreSQL; failing checkouts at once for a while"
+                    ),
+                }
             }
             *state = State::Open {
                 until: Instant::now() + self.open_for,

@@ -1,5 +1,6 @@
 //! PostgreSQL for the likes service: schema, embedded migrations, the bb8
-//! connection pool and every query either binary runs.
+//! connection pool (over TLS as the URL's `sslmode` says, see [`tls`]) and
+//! every query either binary runs.
 
 mod circuit;
 pub mod error;
@@ -7,10 +8,12 @@ pub mod models;
 pub mod pool;
 pub mod repository;
 pub mod schema;
+pub mod tls;
 
 pub use error::DbError;
 pub use models::{Action, LikeChange, WriteOutcome};
 pub use pool::{
-    PgPool, PooledConnection, checkout, connect, ensure_database, run_migrations,
-    spawn_pool_gauges, split_database_url,
+    PgPool, PooledConnection, checkout, connect, ensure_database, maintenance_database_url,
+    run_migrations, spawn_pool_gauges, split_database_url,
 };
+pub use tls::establish;

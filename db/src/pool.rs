@@ -1,6 +1,8 @@
 //! Connecting: creating the database if missing, running the embedded
 //! migrations and building the bb8 pool, behind a small circuit breaker
 //! (see [`crate::circuit`]) so that checkouts during an outage fail fast.
+//! Every connection is opened by [`crate::tls::establish`], so all of them
+//! follow the URL's `sslmode` and `database.tls_ca_file`.
 
 use crate::{
     DbError,
@@ -8,10 +10,11 @@ use crate::{
 };
 use diesel::{OptionalExtension, QueryableByName, sql_types::Text};
 use diesel_async::{
-    AsyncConnection, AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
-    pooled_connection::{AsyncDieselConnectionManager, bb8::Pool},
+    AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, bb8::Pool},
 };
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt;
 use likes_common::config::DatabaseSettings;
 use std::{sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
@@ -87,13 +90,14 @@ impl Drop for TrialGuard<'_> {
     }
 }
 
-/// bb8 reports each failed connection attempt here: it opens the circuit.
+/// bb8 reports each failed connection attempt here: it opens the circuit,
+/// whose log line then says why the attempt failed.
 #[derive(Debug, Clone)]
 struct CircuitSink(Arc<Circuit>);
 
-impl<E> bb8::ErrorSink<E> for CircuitSink {
-    fn sink(&self, _error: E) {
-        self.0.failed();
+impl<E: std::fmt::Display> bb8::ErrorSink<E> for CircuitSink {
+    fn sink(&self, error: E) {
+        self.0.failed_because(Some(&error));
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<E>> {
@@ -128,9 +132,17 @@ pub fn spawn_pool_gauges(pool: PgPool, stop: CancellationToken) {
 /// Creates the database if needed, runs migrations, and returns a pool.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.url.expose();
-    ensure_database(url).await?;
-    run_migrations(url).await?;
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let tls_ca_file = settings.tls_ca_file.as_str();
+    ensure_database(url, tls_ca_file).await?;
+    run_migrations(url, tls_ca_file).await?;
+    let mut config = ManagerConfig::default();
+    let ca_file = settings.tls_ca_file.clone();
+    config.custom_setup = Box::new(move |url| {
+        let url = url.to_owned();
+        let ca_file = ca_file.clone();
+        async move { crate::tls::establish(&url, &ca_file).await }.boxed()
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
     let circuit = Arc::new(Circuit::new(settings.circuit_open()));
     let pool = Pool::builder()
         .max_size(settings.pool_size)
@@ -155,10 +167,12 @@ struct Exists {
 }
 
 /// Creates the database named in `url` unless it exists, connecting to the
-/// `postgres` maintenance database of the same server to do so.
-pub async fn ensure_database(url: &str) -> Result<(), DbError> {
-    let (server_url, name) = split_database_url(url)?;
-    let mut conn = AsyncPgConnection::establish(&format!("{server_url}/postgres")).await?;
+/// `postgres` maintenance database of the same server (with the same
+/// parameters, so the same TLS) to do so.
+pub async fn ensure_database(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
+    let (_, name) = split_database_url(url)?;
+    let maintenance = maintenance_database_url(url)?;
+    let mut conn = crate::tls::establish(&maintenance, tls_ca_file).await?;
     let found = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
         .bind::<Text, _>(name)
         .get_result::<Exists>(&mut conn)
@@ -184,8 +198,8 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
 }
 
 /// Runs the embedded migrations that have not run yet, one process at a time.
-pub async fn run_migrations(url: &str) -> Result<(), DbError> {
-    let mut conn = AsyncPgConnection::establish(url).await?;
+pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
+    let mut conn = crate::tls::establish(url, tls_ca_file).await?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
         .execute(&mut conn)
         .await?;
@@ -225,6 +239,15 @@ pub fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
     Ok((&url[..slash], name))
 }
 
+/// `postgres://u@h:5432/likes?sslmode=require` →
+/// `postgres://u@h:5432/postgres?sslmode=require`: the maintenance database
+/// of the same server, reached with the same parameters (so the same TLS).
+pub fn maintenance_database_url(url: &str) -> Result<String, DbError> {
+    let (server_url, name) = split_database_url(url)?;
+    let params = &url[server_url.len() + 1 + name.len()..];
+    Ok(format!("{server_url}/postgres{params}"))
+}
+
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -242,6 +265,19 @@ mod tests {
         assert_eq!(name, "likes");
         assert!(split_database_url("postgres://h:5432").is_err());
         assert!(split_database_url("postgres://h:5432/").is_err());
+    }
+
+    #[test]
+    fn the_maintenance_database_keeps_the_parameters() {
+        assert_eq!(
+            maintenance_database_url("postgres://u@h:5432/likes?sslmode=verify-full")
+                .expect("valid url"),
+            "postgres://u@h:5432/postgres?sslmode=verify-full"
+        );
+        assert_eq!(
+            maintenance_database_url("postgres://u@h/likes").expect("valid url"),
+            "postgres://u@h/postgres"
+        );
     }
 
     #[test]

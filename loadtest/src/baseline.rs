@@ -45,6 +45,7 @@ pub async fn pool(url: &str, wanted: u32) -> anyhow::Result<(PgPool, u32)> {
         pool_size: 1,
         connect_timeout_ms: 30_000,
         circuit_open_ms: 0,
+        tls_ca_file: String::new(),
     };
     let probe = likes_db::connect(&settings).await?;
     let available = {

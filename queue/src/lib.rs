@@ -13,11 +13,14 @@
 //! - [`dead_letters`]: moving what can never be written to the dead-letter
 //!   queue, and listing and replaying it.
 //! - [`backoff`]: the capped exponential backoff between reconnects.
+//! - [`tls`]: the certificates of `amqps://` nodes and the errors naming
+//!   a node whose certificate was refused.
 
 pub mod backoff;
 pub mod codec;
 pub mod confirm;
 pub mod dead_letters;
+pub mod tls;
 pub mod topology;
 
 pub use confirm::{PublishError, confirm_channel, publish_confirmed};

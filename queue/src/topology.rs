@@ -17,9 +17,11 @@
 //! routing key, so no exchange needs declaring, and no broker plugin (the
 //! consistent-hash exchange would need one) is involved.
 
+use crate::tls;
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::{QueueDeclareOptions, QueueDeleteOptions},
+    runtime::default_runtime,
     types::{AMQPValue, FieldTable},
 };
 use likes_common::config::{AmqpSettings, QueueType, SecretUrl};
@@ -29,13 +31,27 @@ use likes_common::config::{AmqpSettings, QueueType, SecretUrl};
 ///
 /// `amqp.url` may list several comma-separated URLs, the nodes of a
 /// cluster: they are tried in order and the first that answers is used, so
-/// when a node is lost, the reconnect moves on to the next one.
+/// when a node is lost, the reconnect moves on to the next one. `amqps://`
+/// nodes are reached over TLS with the certificates of `amqp.tls_*` (see
+/// [`crate::tls`]); a refused certificate fails that node with an error
+/// naming it, like an unreachable one. A TLS file that cannot be used fails
+/// the whole call: no node could be reached with it.
 pub async fn connect(settings: &AmqpSettings, role: &str) -> lapin::Result<Connection> {
     let name = format!("{role} {}", settings.queue);
+    let mut tls_config = None;
     let mut last_error = None;
     for url in node_urls(settings.url.expose()) {
         let properties = ConnectionProperties::default().with_connection_name(name.as_str().into());
-        match Connection::connect(url, properties).await {
+        let attempt = if tls::is_tls(url) {
+            let config = match &tls_config {
+                Some(config) => Clone::clone(config),
+                None => tls_config.insert(tls::tls_config(settings)?).clone(),
+            };
+            Connection::connect_with_config(url, properties, config, default_runtime()?).await
+        } else {
+            Connection::connect(url, properties).await
+        };
+        match attempt.map_err(|error| tls::explain(url, error)) {
             Ok(connection) => return Ok(connection),
             Err(error) => {
                 tracing::warn!(node = %SecretUrl::new(url), %error, "RabbitMQ node unreachable");

@@ -2,7 +2,7 @@
 //! async and may run inside a runtime, so the work happens on a thread of its
 //! own with a small runtime of its own.
 
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::RunQueryDsl;
 use likes_common::Settings;
 
 pub(crate) fn remove(settings: &Settings) {
@@ -28,12 +28,13 @@ pub(crate) fn remove(settings: &Settings) {
 }
 
 async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
-    let (server, name) = likes_db::split_database_url(settings.database.url.expose())?;
+    let (_, name) = likes_db::split_database_url(settings.database.url.expose())?;
     anyhow::ensure!(
         name.starts_with("likes_test_"),
         "refusing to drop a database not made by a test"
     );
-    let mut conn = AsyncPgConnection::establish(&format!("{server}/postgres")).await?;
+    let maintenance = likes_db::maintenance_database_url(settings.database.url.expose())?;
+    let mut conn = likes_db::establish(&maintenance, &settings.database.tls_ca_file).await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await?;

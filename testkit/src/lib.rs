@@ -14,13 +14,14 @@ pub mod load;
 pub mod process;
 pub mod proxy;
 mod running;
+pub mod tls_proxy;
 pub mod tools;
 pub mod verify;
 
 pub use running::{RunningApi, RunningWorker};
 
 use anyhow::Context;
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use likes_common::{Settings, config::SecretUrl};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{BasicProperties, Channel, Connection, codec};
@@ -93,9 +94,10 @@ impl TestEnv {
     /// A direct connection to this env's database (created and migrated).
     pub async fn db(&self) -> anyhow::Result<AsyncPgConnection> {
         let url = self.settings.database.url.expose();
-        likes_db::ensure_database(url).await?;
-        likes_db::run_migrations(url).await?;
-        Ok(AsyncPgConnection::establish(url).await?)
+        let ca_file = &self.settings.database.tls_ca_file;
+        likes_db::ensure_database(url, ca_file).await?;
+        likes_db::run_migrations(url, ca_file).await?;
+        Ok(likes_db::establish(url, ca_file).await?)
     }
 
     /// A pool on this env's database (created and migrated), for polling.

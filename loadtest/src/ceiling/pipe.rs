@@ -149,7 +149,7 @@ impl Bench {
     ) -> anyhow::Result<Self> {
         queue.apply(&mut env.settings.amqp);
         let database_url = env.settings.database.url.expose().to_owned();
-        likes_db::ensure_database(&database_url).await?;
+        likes_db::ensure_database(&database_url, &env.settings.database.tls_ca_file).await?;
         Ok(Self {
             amqp: env.settings.amqp.clone(),
             database_url,

@@ -12,6 +12,7 @@ mod reads;
 mod run_script;
 mod security;
 mod shards;
+mod tls;
 mod validation;
 
 use likes_proto::pb::{LikeEvent, like_event::Action};
