@@ -9,6 +9,8 @@
 //! | key | default |
 //! |---|---|
 //! | `LIKES__LOG__FORMAT` | `text` (or `json`) |
+//! | `LIKES__TELEMETRY__OTLP_ENDPOINT` | empty (no traces exported) |
+//! | `LIKES__TELEMETRY__SAMPLE_RATIO` | `1.0` (share of api calls traced) |
 //! | `LIKES__API__METRICS_LISTEN` | `127.0.0.1:9464` (empty: off) |
 //! | `LIKES__WORKER__METRICS_LISTEN` | `127.0.0.1:9465` (empty: off) |
 //! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
@@ -88,6 +90,7 @@ fn list(unknown: &[UnknownSetting]) -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Settings {
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
     pub api: ApiSettings,
     pub amqp: AmqpSettings,
     pub database: DatabaseSettings,
@@ -97,6 +100,17 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LogSettings {
     pub format: LogFormat,
+}
+
+/// Trace export (see `telemetry::otel`). Serialize: `check-config` prints
+/// the settings in effect (on main since the command-line change).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct TelemetrySettings {
+    /// OTLP/gRPC endpoint of a collector, e.g. `http://127.0.0.1:4317`;
+    /// empty turns tracing off.
+    pub otlp_endpoint: String,
+    /// Share of api calls traced, 0.0 to 1.0 (the worker traces every batch).
+    pub sample_ratio: f64,
 }
 
 /// How log lines are written.
@@ -337,6 +351,12 @@ impl Settings {
             ));
         }
         self.consumed_shards()?;
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(invalid(
+                "telemetry.sample_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
@@ -573,6 +593,8 @@ mod tests {
         assert_eq!(s.database.circuit_open_ms, 500);
         assert_eq!(s.amqp.tls_ca_file, "");
         assert_eq!(s.database.tls_ca_file, "");
+        assert_eq!(s.telemetry.otlp_endpoint, "", "tracing is off by default");
+        assert_eq!(s.telemetry.sample_ratio, 1.0);
     }
 
     #[test]
@@ -589,6 +611,20 @@ mod tests {
         assert!(s.validate().is_err(), "a key without its certificate");
         s.amqp.tls_client_cert_file = "client.pem".into();
         s.validate().expect("both");
+    }
+
+    #[test]
+    fn sample_ratio_is_a_share() {
+        let mut s = Settings::defaults();
+        for ratio in [0.0, 0.01, 1.0] {
+            s.telemetry.sample_ratio = ratio;
+            s.validate().expect("a share");
+        }
+        for ratio in [-0.1, 1.5, f64::NAN] {
+            s.telemetry.sample_ratio = ratio;
+            let err = s.validate().expect_err("not a share");
+            assert!(err.to_string().contains("telemetry.sample_ratio"), "{err}");
+        }
     }
 
     #[test]

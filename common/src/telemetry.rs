@@ -15,15 +15,31 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};
 
+pub mod otel;
+
 /// Installs the global subscriber for a binary: lines on stderr, filtered by
 /// `RUST_LOG` or else `default_filter` (e.g. `info`).
 pub fn init(format: LogFormat, default_filter: &str) {
+    init_with(format, default_filter, None);
+}
+
+/// [`init`], and with `traces` the spans (as filtered) are exported too.
+pub fn init_with(format: LogFormat, default_filter: &str, traces: Option<&otel::Traces>) {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .finish()
+            .with(traces.map(otel::Traces::layer))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(traces.map(otel::Traces::layer))
+            .init(),
     }
 }
 

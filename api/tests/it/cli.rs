@@ -98,7 +98,10 @@ fn check_config_prints_the_settings_with_passwords_and_token_masked() -> anyhow:
     let table: toml::Table = shown.parse()?;
     let mut sections: Vec<&String> = table.keys().collect();
     sections.sort();
-    assert_eq!(sections, ["amqp", "api", "database", "log", "worker"]);
+    assert_eq!(
+        sections,
+        ["amqp", "api", "database", "log", "telemetry", "worker"]
+    );
     Ok(())
 }
 
