@@ -28,9 +28,17 @@
 //! message on it (see [`Link`]). Meanwhile `publish` fails
 //! at once with [`PublishError::NotConnected`] (UNAVAILABLE to the caller),
 //! and [`Publisher::connected`] reports the state for the health service.
+//!
+//! With tracing on (`telemetry.otlp_endpoint`), each call's span context
+//! rides with its event to the packer, and a message carrying traced calls
+//! is published in a `publish` span: a child of its first traced call,
+//! linked to the others (bounded by `otel::MAX_LINKS`), whose W3C context
+//! goes into the message's headers for the worker. With tracing off none
+//! of this happens: no context, no span, no header.
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use likes_common::config::{AmqpSettings, ApiSettings};
+use likes_common::telemetry::otel::{self, Context};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
     Channel, Connection, PublishError, backoff::Reconnect, codec, publish_confirmed,
@@ -46,6 +54,7 @@ use std::{
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often the supervisor checks that the link is still up.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -89,6 +98,8 @@ type Answer = Result<(), PublishError>;
 struct Pending {
     event: LikeEvent,
     answer: oneshot::Sender<Answer>,
+    /// The caller's span, when tracing is on and it is sampled.
+    trace: Option<Context>,
 }
 
 /// What the publisher got confirmed since it started: for whoever holds the
@@ -164,8 +175,13 @@ impl Publisher {
     pub async fn publish(&self, event: LikeEvent) -> Result<(), PublishError> {
         let link = self.current().ok_or(PublishError::NotConnected)?;
         let (answer, answered) = oneshot::channel();
+        let trace = otel::current();
         link.events
-            .send(Pending { event, answer })
+            .send(Pending {
+                event,
+                answer,
+                trace,
+            })
             .map_err(|_| PublishError::NotConnected)?;
         drop(link);
         // A packer that ended without answering lost its link.
@@ -299,7 +315,7 @@ impl Link {
             waiting,
             packing,
             Arc::clone(stats),
-            move |lane, shard, events| sink.publish(lane, shard, events),
+            move |lane, shard, events, calls| sink.publish(lane, shard, events, calls),
         ));
         Ok(Self {
             connection,
@@ -341,20 +357,47 @@ struct BrokerSink {
 }
 
 impl BrokerSink {
+    /// `calls`: the traced callers among those of `events` (empty when
+    /// tracing is off, and then the message gets no span and no header).
     fn publish(
         &self,
         lane: usize,
         shard: u16,
         events: Vec<LikeEvent>,
+        calls: Vec<Context>,
     ) -> BoxFuture<'static, Answer> {
         let channel = self.channels[lane].clone();
         let queue = self.queues[usize::from(shard)].clone();
         let broken = Arc::clone(&self.broken);
         let refused = Arc::clone(&self.refused);
         let body = codec::encode_envelope(&events);
-        let properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string());
+        let mut properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string());
+        let span = if calls.is_empty() {
+            tracing::Span::none()
+        } else {
+            let span = tracing::info_span!(
+                parent: None,
+                "publish",
+                messaging.destination.name = %queue,
+                messaging.batch.message_count = events.len(),
+                messaging.traced_calls = calls.len(),
+                outcome = tracing::field::Empty,
+            );
+            otel::follow_calls(&span, &calls);
+            let mut headers = likes_queue::FieldTable::default();
+            otel::inject(&span, &mut codec::HeaderInjector(&mut headers));
+            properties = properties.with_headers(headers);
+            span
+        };
+        let traced = span.clone();
         async move {
             let outcome = publish_confirmed(&channel, &queue, &body, properties).await;
+            traced.record(
+                "outcome",
+                outcome
+                    .as_ref()
+                    .map_or_else(PublishError::caller_reason, |()| "confirmed"),
+            );
             match &outcome {
                 Err(PublishError::Broker(_)) => broken.notify_one(),
                 Err(PublishError::Nacked) => {
@@ -365,12 +408,13 @@ impl BrokerSink {
             }
             outcome
         }
+        .instrument(span)
         .boxed()
     }
 }
 
 /// The packer: takes waiting events from `waiting`, sorts them by shard,
-/// publishes each shard's through `publish(lane, shard, events)` (whose
+/// publishes each shard's through `publish(lane, shard, events, calls)` (whose
 /// future resolves with the broker's confirm) while a lane (a slot on a
 /// channel) is free, and answers every caller of a message with its
 /// outcome. A message holds the events of one shard; shards take turns for
@@ -382,7 +426,7 @@ async fn pack<F>(
     stats: Arc<PublishStats>,
     mut publish: F,
 ) where
-    F: FnMut(usize, u16, Vec<LikeEvent>) -> BoxFuture<'static, Answer>,
+    F: FnMut(usize, u16, Vec<LikeEvent>, Vec<Context>) -> BoxFuture<'static, Answer>,
 {
     let per_lane = packing.unconfirmed_per_channel.max(1);
     let mut unconfirmed = vec![0_usize; packing.channels.max(1)];
@@ -398,11 +442,17 @@ async fn pack<F>(
             .filter(|&lane| unconfirmed[lane] < per_lane)
             .min_by_key(|&lane| unconfirmed[lane])
         {
-            let Some((shard, events, answers)) = buffers.next_message(&packing) else {
+            let Some(Message {
+                shard,
+                events,
+                answers,
+                calls,
+            }) = buffers.next_message(&packing)
+            else {
                 break;
             };
             unconfirmed[lane] += 1;
-            let confirmed = publish(lane, shard, events);
+            let confirmed = publish(lane, shard, events, calls);
             let timeout = packing.confirm_timeout;
             let started = Instant::now();
             let count = answers.len();
@@ -431,6 +481,16 @@ async fn pack<F>(
     }
 }
 
+/// The contents of the next broker message.
+struct Message {
+    shard: u16,
+    events: Vec<LikeEvent>,
+    answers: Vec<oneshot::Sender<Answer>>,
+    /// The traced callers (empty when tracing is off; at most
+    /// `otel::MAX_LINKS`, as more could not be linked).
+    calls: Vec<Context>,
+}
+
 /// Events waiting for a message, shard by shard, in arrival order.
 struct Buffers {
     shards: Vec<VecDeque<Pending>>,
@@ -454,16 +514,14 @@ impl Buffers {
 
     /// The next message: the events at the front of the next shard that has
     /// any, within the bounds; callers that already gave up are left out.
-    fn next_message(
-        &mut self,
-        packing: &Packing,
-    ) -> Option<(u16, Vec<LikeEvent>, Vec<oneshot::Sender<Answer>>)> {
+    fn next_message(&mut self, packing: &Packing) -> Option<Message> {
         for _ in 0..self.shards.len() {
             let shard = self.turn;
             self.turn = (self.turn + 1) % self.shards.len();
             let buffer = &mut self.shards[shard];
             let mut events = Vec::new();
             let mut answers = Vec::new();
+            let mut calls = Vec::new();
             let mut bytes = 0;
             while let Some(pending) = buffer.pop_front() {
                 if pending.answer.is_closed() {
@@ -477,13 +535,23 @@ impl Buffers {
                 bytes += len;
                 events.push(pending.event);
                 answers.push(pending.answer);
+                if let Some(call) = pending.trace
+                    && calls.len() < otel::MAX_LINKS
+                {
+                    calls.push(call);
+                }
                 if events.len() >= packing.max_events {
                     break;
                 }
             }
             if !events.is_empty() {
                 let shard = u16::try_from(shard).expect("at most u16::MAX shards");
-                return Some((shard, events, answers));
+                return Some(Message {
+                    shard,
+                    events,
+                    answers,
+                    calls,
+                });
             }
         }
         None
@@ -523,15 +591,19 @@ mod tests {
     #[derive(Default)]
     struct Broker {
         published: Mutex<Vec<(usize, u16, Vec<String>)>>,
+        /// Traced callers handed over with each message.
+        traced: Mutex<Vec<usize>>,
         confirms: Mutex<Vec<oneshot::Sender<Answer>>>,
     }
 
     impl Broker {
         fn sink(
             self: &Arc<Self>,
-        ) -> impl FnMut(usize, u16, Vec<LikeEvent>) -> BoxFuture<'static, Answer> + use<> {
+        ) -> impl FnMut(usize, u16, Vec<LikeEvent>, Vec<Context>) -> BoxFuture<'static, Answer> + use<>
+        {
             let broker = Arc::clone(self);
-            move |lane, shard, events| {
+            move |lane, shard, events, calls| {
+                broker.traced.lock().expect("test lock").push(calls.len());
                 let ids = events.into_iter().map(|e| e.event_id).collect();
                 broker
                     .published
@@ -590,6 +662,7 @@ mod tests {
             .send(Pending {
                 event: event(n),
                 answer,
+                trace: None,
             })
             .expect("packer running");
         answered
@@ -741,7 +814,11 @@ mod tests {
             let mut event = event(n);
             event.post_id = post.into();
             events
-                .send(Pending { event, answer })
+                .send(Pending {
+                    event,
+                    answer,
+                    trace: None,
+                })
                 .expect("packer running");
             answered
         };
@@ -774,6 +851,56 @@ mod tests {
         }
         let packed: usize = published[1..].iter().map(|(_, _, ids)| ids.len()).sum();
         assert_eq!(packed, 40);
+        drop(answers);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traced_callers_ride_with_their_message_up_to_the_link_limit() {
+        let (broker, events) = start(packing());
+        let _first = send(&events, 0);
+        settle().await;
+        let mut answers = Vec::new();
+        for n in 1..=200 {
+            let (answer, answered) = oneshot::channel();
+            events
+                .send(Pending {
+                    event: event(n),
+                    answer,
+                    // Every other caller traced: 100 of 200.
+                    trace: (n % 2 == 0).then(Context::new),
+                })
+                .expect("packer running");
+            answers.push(answered);
+        }
+        for n in 201..=400 {
+            let (answer, answered) = oneshot::channel();
+            let trace = Some(Context::new());
+            events
+                .send(Pending {
+                    event: event(n),
+                    answer,
+                    trace,
+                })
+                .expect("packer running");
+            answers.push(answered);
+        }
+        settle().await;
+        broker.confirm_next(Ok(()));
+        settle().await;
+        assert_eq!(broker.sizes(), vec![1, 256]);
+        // 100 traced of the first 200, then 56 of the next: capped at 128.
+        assert_eq!(
+            *broker.traced.lock().expect("test lock"),
+            vec![0, otel::MAX_LINKS]
+        );
+        broker.confirm_next(Ok(()));
+        settle().await;
+        assert_eq!(broker.sizes(), vec![1, 256, 144]);
+        // 144 traced callers: capped again.
+        assert_eq!(
+            *broker.traced.lock().expect("test lock"),
+            vec![0, otel::MAX_LINKS, otel::MAX_LINKS]
+        );
         drop(answers);
     }
 

@@ -15,9 +15,16 @@
 //!
 //! Headers the service sets on dead letters: [`REASON_HEADER`] (why),
 //! [`QUEUE_HEADER`] (where it came from), [`ENVELOPE_HEADER`] (the envelope an
-//! event was taken out of) and, on replay, [`REPLAYS_HEADER`].
+//! event was taken out of) and, on replay, [`REPLAYS_HEADER`]. When tracing
+//! is on, the api's envelopes carry W3C trace context
+//! ([`TRACEPARENT_HEADER`], and `tracestate` when set), written and read
+//! through [`HeaderInjector`] and [`HeaderExtractor`]; without tracing a
+//! message has no headers at all.
 
-use lapin::BasicProperties;
+use lapin::{
+    BasicProperties,
+    types::{AMQPValue, FieldTable},
+};
 use likes_proto::pb::{LikeEvent, LikeEventBatch};
 use prost::Message;
 
@@ -35,6 +42,41 @@ pub const QUEUE_HEADER: &str = "x-likes-queue";
 pub const ENVELOPE_HEADER: &str = "x-likes-envelope";
 /// Header counting how often a dead letter was replayed.
 pub const REPLAYS_HEADER: &str = "x-likes-replays";
+
+/// Header of W3C trace context: the `traceparent` of the span that
+/// published the message (<https://www.w3.org/TR/trace-context/>).
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// Writes propagated fields (`traceparent`, `tracestate`) into a message's
+/// headers table, as long strings.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut FieldTable);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0
+            .insert(key.into(), AMQPValue::LongString(value.into()));
+    }
+}
+
+/// Reads propagated fields from a message's headers table; a value that is
+/// not a string (or not UTF-8) reads as absent.
+#[derive(Debug)]
+pub struct HeaderExtractor<'a>(pub &'a FieldTable);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match self.0.inner().get(key)? {
+            AMQPValue::LongString(value) => std::str::from_utf8(value.as_bytes()).ok(),
+            AMQPValue::ShortString(value) => Some(value.as_str()),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.inner().keys().map(|key| key.as_str()).collect()
+    }
+}
 
 /// The two kinds of message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +199,24 @@ mod tests {
         let garbage = b"\xff\xff\xff garbage";
         assert!(decode(&event_properties("x"), garbage).is_err());
         assert!(decode(&envelope_properties("x"), garbage).is_err());
+    }
+
+    #[test]
+    fn trace_headers_are_written_and_read_as_strings() {
+        use opentelemetry::propagation::{Extractor, Injector};
+        let parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut headers = FieldTable::default();
+        HeaderInjector(&mut headers).set(TRACEPARENT_HEADER, parent.to_owned());
+        assert!(matches!(
+            headers.inner().get(TRACEPARENT_HEADER),
+            Some(AMQPValue::LongString(_))
+        ));
+        headers.insert("x-number".into(), AMQPValue::LongUInt(7));
+        let read = HeaderExtractor(&headers);
+        assert_eq!(read.get(TRACEPARENT_HEADER), Some(parent));
+        assert_eq!(read.get("x-number"), None, "not a string");
+        assert_eq!(read.get("tracestate"), None);
+        assert_eq!(read.keys(), vec![TRACEPARENT_HEADER, "x-number"]);
     }
 
     #[test]

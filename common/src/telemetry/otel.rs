@@ -29,8 +29,8 @@
 //! single-event messages, costs at most that many links and allocations.
 
 use crate::config::TelemetrySettings;
+pub use opentelemetry::Context;
 use opentelemetry::{
-    Context,
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{SpanContext, TraceContextExt, TracerProvider as _},
 };
