@@ -76,7 +76,12 @@ async fn run(settings: Settings, check: Option<bool>) -> anyhow::Result<()> {
         Some(true) => return likes_api::readiness_check(&settings).await,
         None => {}
     }
-    telemetry::init(settings.log.format, "info");
+    let traces = telemetry::otel::Traces::start(
+        &settings.telemetry,
+        "likes-api",
+        settings.telemetry.sample_ratio,
+    )?;
+    telemetry::init_with(settings.log.format, "info", traces.as_ref());
     telemetry::serve_metrics(&settings.api.metrics_listen, "LIKES__API__METRICS_LISTEN")?;
     tracing::debug!(?settings, "settings loaded");
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
@@ -85,5 +90,9 @@ async fn run(settings: Settings, check: Option<bool>) -> anyhow::Result<()> {
     let app = likes_api::Application::build(&settings, listener).await?;
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    app.run_until_stopped(token).await
+    let stopped = app.run_until_stopped(token).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    stopped
 }

@@ -15,6 +15,11 @@
 //! rules, or that the database refuses, goes there alone (its envelope's
 //! other events are written), as a single-event message naming the envelope
 //! it came from.
+//!
+//! With tracing on, each batch's `batch` span links to the `publish` span
+//! of every message in it that carries W3C trace context in its headers
+//! (at most `otel::MAX_LINKS`), and through those to the calls they
+//! carry; with tracing off no header is read.
 
 use crate::{
     batcher::{BatchEnd, next_batch},
@@ -34,6 +39,7 @@ use lapin::{
     types::FieldTable,
 };
 use likes_common::config::{AmqpSettings, Settings};
+use likes_common::telemetry::otel;
 use likes_db::{DbError, LikeChange};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
@@ -142,7 +148,14 @@ pub async fn consume(
             }
         }
         if !messages.is_empty() {
-            let span = info_span!("batch", batch.messages = messages.len());
+            let span = info_span!(
+                "batch",
+                batch.messages = messages.len(),
+                batch.linked_messages = tracing::field::Empty,
+            );
+            if otel::enabled() {
+                link_to_publishers(&span, &messages);
+            }
             settler.settle(messages).instrument(span).await?;
         }
         if let Some(error) = broken {
@@ -163,6 +176,19 @@ pub async fn consume(
         tracing::debug!(%error, "cancelling the consumer");
     }
     Ok(())
+}
+
+/// Links the (not yet entered) batch span to the span that published each
+/// of `messages`, as named by its headers' W3C trace context. One link per
+/// message, not per event: a message's `publish` span links on to its
+/// calls, and one message can hold hundreds of events.
+fn link_to_publishers(span: &tracing::Span, messages: &[Incoming]) {
+    let publishers = messages.iter().filter_map(|message| {
+        let headers = message.delivery.properties.headers().as_ref()?;
+        Some(otel::extract(&codec::HeaderExtractor(headers)))
+    });
+    let linked = otel::link_all(span, publishers);
+    span.record("batch.linked_messages", linked);
 }
 
 /// Settles one batch on one channel.

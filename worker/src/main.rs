@@ -97,7 +97,9 @@ async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
         }
         Mode::Work => {}
     }
-    telemetry::init(settings.log.format, "info");
+    let traces = telemetry::otel::Traces::start(&settings.telemetry, "likes-worker", 1.0)?;
+    // Every batch is traced: there are few, and each may carry traced calls.
+    telemetry::init_with(settings.log.format, "info", traces.as_ref());
     telemetry::serve_metrics(
         &settings.worker.metrics_listen,
         "LIKES__WORKER__METRICS_LISTEN",
@@ -106,5 +108,9 @@ async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
     let worker = likes_worker::Worker::build(&settings).await?;
     let token = CancellationToken::new();
     shutdown::cancel_on_signal(token.clone());
-    worker.run_until_stopped(token).await
+    let stopped = worker.run_until_stopped(token).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    stopped
 }
