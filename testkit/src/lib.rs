@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod faults;
 pub mod http2;
 pub mod load;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 mod running;
@@ -215,6 +216,22 @@ impl TestEnv {
         self.publish_with(channel, &codec::encode_envelope(events), properties)
             .await?;
         Ok(id)
+    }
+
+    /// Takes the next ready message off `queue` (acked: it is gone), or
+    /// `None` when there is none.
+    pub async fn take_message(&self, queue: &str) -> anyhow::Result<Option<likes_queue::Delivery>> {
+        let connection = likes_queue::connect(&self.settings.amqp, "likes-test-take").await?;
+        let channel = connection.create_channel().await?;
+        let message = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .with_context(|| format!("reading from {queue}"))?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok(message.map(|message| message.delivery))
     }
 
     /// What the dead-letter queue holds (left in place).

@@ -123,8 +123,10 @@ impl Traces {
     }
 
     /// The `tracing` layer that turns spans into OpenTelemetry spans of this
-    /// pipeline. Building it turns [`enabled`] on: call it only to install it.
-    pub(crate) fn layer<S>(&self) -> OpenTelemetryLayer<S, SdkTracer>
+    /// pipeline ([`crate::telemetry::init_with`] installs it; tests that
+    /// want no log lines compose it with a filter of their own). Building it
+    /// turns [`enabled`] on: call it only to install it.
+    pub fn layer<S>(&self) -> OpenTelemetryLayer<S, SdkTracer>
     where
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {

@@ -318,3 +318,39 @@ async fn classic_queues_carry_the_configured_storage_version() -> anyhow::Result
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
+
+/// Tracing is off by default: no pipeline starts without an OTLP endpoint
+/// (and this binary installs none), and the api's messages carry no trace
+/// context, no headers at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_otlp_endpoint_nothing_is_traced_and_messages_carry_no_headers()
+-> anyhow::Result<()> {
+    use likes_common::telemetry::otel;
+    let env = TestEnv::new();
+    assert!(env.settings.telemetry.otlp_endpoint.is_empty());
+    let traces = otel::Traces::start(&env.settings.telemetry, "likes-api", 1.0)?;
+    assert!(traces.is_none(), "nothing to export to");
+    assert!(!otel::enabled());
+    let api = env.spawn_api().await?;
+    let likes = (0..50).map(|n| {
+        let mut client = api.client.clone();
+        async move {
+            client
+                .like(LikeRequest {
+                    post_id: "p-untraced".into(),
+                    user_id: format!("u{n}"),
+                })
+                .await
+        }
+    });
+    for answer in futures_util::future::join_all(likes).await {
+        answer?;
+    }
+    let mut messages = 0;
+    while let Some(message) = env.take_message(&env.settings.amqp.queue).await? {
+        assert_eq!(message.properties.headers(), &None, "message {messages}");
+        messages += 1;
+    }
+    assert_eq!(messages, api.publish_stats.messages());
+    Ok(())
+}
