@@ -19,7 +19,8 @@
 //! With tracing on, each batch's `batch` span links to the `publish` span
 //! of every message in it that carries W3C trace context in its headers
 //! (at most `otel::MAX_LINKS`), and through those to the calls they
-//! carry; with tracing off no header is read.
+//! carry; a `receive` span per message, in its publisher's trace, links
+//! back. With tracing off no header is read and no span added.
 
 use crate::{
     batcher::{BatchEnd, next_batch},
@@ -153,10 +154,13 @@ pub async fn consume(
                 batch.messages = messages.len(),
                 batch.linked_messages = tracing::field::Empty,
             );
-            if otel::enabled() {
-                link_to_publishers(&span, &messages);
-            }
+            let receipts = if otel::enabled() {
+                follow_messages(&span, &messages)
+            } else {
+                Vec::new()
+            };
             settler.settle(messages).instrument(span).await?;
+            drop(receipts);
         }
         if let Some(error) = broken {
             return Err(error.into());
@@ -179,16 +183,34 @@ pub async fn consume(
 }
 
 /// Links the (not yet entered) batch span to the span that published each
-/// of `messages`, as named by its headers' W3C trace context. One link per
-/// message, not per event: a message's `publish` span links on to its
-/// calls, and one message can hold hundreds of events.
-fn link_to_publishers(span: &tracing::Span, messages: &[Incoming]) {
-    let publishers = messages.iter().filter_map(|message| {
-        let headers = message.delivery.properties.headers().as_ref()?;
-        Some(otel::extract(&codec::HeaderExtractor(headers)))
-    });
-    let linked = otel::link_all(span, publishers);
-    span.record("batch.linked_messages", linked);
+/// of `messages`, as named by its headers' W3C trace context, and returns
+/// a `receive` span per such message: a child of its `publish` span (so in
+/// the trace of the call that published it), linked back to the batch,
+/// open until the batch is settled. One link per message, not per event: a
+/// message's `publish` span links on to its calls, and one message can hold
+/// hundreds of events. At most `otel::MAX_LINKS` of either.
+fn follow_messages(batch: &tracing::Span, messages: &[Incoming]) -> Vec<tracing::Span> {
+    let publishers: Vec<otel::SpanContext> = messages
+        .iter()
+        .filter_map(|message| {
+            let headers = message.delivery.properties.headers().as_ref()?;
+            Some(otel::extract(&codec::HeaderExtractor(headers)))
+        })
+        .filter(otel::SpanContext::is_valid)
+        .take(otel::MAX_LINKS)
+        .collect();
+    let linked = otel::link_all(batch, publishers.iter().cloned());
+    batch.record("batch.linked_messages", linked);
+    let batch_context = otel::span_context(batch);
+    publishers
+        .into_iter()
+        .map(|publisher| {
+            let receive = tracing::info_span!(parent: None, "receive");
+            otel::set_remote_parent(&receive, publisher);
+            otel::link_all(&receive, [batch_context.clone()]);
+            receive
+        })
+        .collect()
 }
 
 /// Settles one batch on one channel.

@@ -18,21 +18,27 @@
 //! "Tracing"):
 //!
 //! - the api's `publish` span of a message is a child of the first traced
-//!   call it carries and holds a *link* to each other one;
+//!   call it carries; it and each other call link to one another;
 //! - the message's headers carry the `publish` span's W3C context
 //!   (`traceparent`, and `tracestate` when set);
 //! - the worker's `batch` span links to the `publish` span of each message
-//!   in the batch.
+//!   in the batch, and a `receive` span per message, a child of its
+//!   `publish` span, links back to the batch.
 //!
-//! Links are bounded by [`MAX_LINKS`] per span (OpenTelemetry's default
-//! limit, which the SDK enforces too), so a batch of 500 events, or of 500
-//! single-event messages, costs at most that many links and allocations.
+//! So a backend that shows links (Jaeger, Tempo) leads from any call to its
+//! batch (call → `publish` → `receive` → `batch`) and from a batch to every
+//! call. Links are bounded by [`MAX_LINKS`] per span (OpenTelemetry's
+//! default limit, which the SDK enforces too): a batch of 500 events, or of
+//! 500 single-event messages, costs at most that many links, `receive`
+//! spans and allocations, however large the batch. One link per message
+//! rather than per call keeps the batch's count at its messages (~25 at
+//! full load), not its events (500).
 
 use crate::config::TelemetrySettings;
-pub use opentelemetry::Context;
+pub use opentelemetry::{Context, trace::SpanContext};
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
-    trace::{SpanContext, TraceContextExt, TracerProvider as _},
+    trace::{TraceContextExt, TracerProvider as _},
 };
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
@@ -165,7 +171,9 @@ pub fn current() -> Option<Context> {
 }
 
 /// Makes `span` (not entered yet) the span of a message carrying `calls`:
-/// a child of the first, linked to the others (at most [`MAX_LINKS`]).
+/// a child of the first, linked to the others (at most [`MAX_LINKS`]), and
+/// links each of the others (still open: they wait for the confirm) back
+/// to it, so every call's trace shows the message that carried it.
 pub fn follow_calls(span: &tracing::Span, calls: &[Context]) {
     let Some((first, rest)) = calls.split_first() else {
         return;
@@ -173,9 +181,28 @@ pub fn follow_calls(span: &tracing::Span, calls: &[Context]) {
     // Fails only without the layer, or once the span started: then it
     // stays a root, which loses the connection but nothing else.
     let _ = span.set_parent(first.clone());
-    for call in rest.iter().take(MAX_LINKS) {
+    let rest = &rest[..rest.len().min(MAX_LINKS)];
+    for call in rest {
         span.add_link(call.span().span_context().clone());
     }
+    let message = span_context(span);
+    if message.is_valid() {
+        for call in rest {
+            call.span().add_link(message.clone(), Vec::new());
+        }
+    }
+}
+
+/// The span context of `span`, starting it (so set its parent and links
+/// first); invalid when it is not traced.
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    span.context().span().span_context().clone()
+}
+
+/// Makes `parent` (a context received from another process) the parent of
+/// `span`, which must not have started.
+pub fn set_remote_parent(span: &tracing::Span, parent: SpanContext) {
+    let _ = span.set_parent(Context::new().with_remote_span_context(parent));
 }
 
 /// Links `span` (not entered yet) to each valid context of `linked`, at most
