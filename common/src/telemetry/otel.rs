@@ -108,8 +108,8 @@ impl Traces {
         Ok(Some(Self::with_exporter(exporter, service, sample_ratio)))
     }
 
-    /// The pipeline with any exporter (tests use the SDK's in-memory one).
-    pub fn with_exporter(
+    /// The pipeline around `exporter`.
+    fn with_exporter(
         exporter: impl SpanExporter + 'static,
         service: &'static str,
         sample_ratio: f64,
