@@ -30,7 +30,8 @@
 //! call. Links are bounded by [`MAX_LINKS`] per span (OpenTelemetry's
 //! default limit, which the SDK enforces too): a batch of 500 events, or of
 //! 500 single-event messages, costs at most that many links, `receive`
-//! spans and allocations, however large the batch. One link per message
+//! spans and allocations, however large the batch, and a message carrying
+//! more traced calls than that connects only the first [`MAX_LINKS`]. One link per message
 //! rather than per call keeps the batch's count at its messages (~25 at
 //! full load), not its events (500).
 
