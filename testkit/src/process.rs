@@ -226,6 +226,41 @@ pub fn output_within(
     }
 }
 
+/// `binary` run as an operator runs it from a shell, for command-line tests:
+/// `settings` as `LIKES__*` variables and no `LIKES_CONFIG` of the caller's.
+pub fn cli_command(binary: &Path, settings: &Settings) -> Command {
+    let mut command = self::command(binary, settings);
+    command.env_remove("LIKES_CONFIG");
+    command
+}
+
+/// What a command-line run printed, and how it exited.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs a command that should exit at once ([`output_within`] 30 s) and
+/// returns its output as text.
+pub fn run_cli(command: Command) -> anyhow::Result<CliOutput> {
+    let output = output_within(command, Duration::from_secs(30))?;
+    Ok(CliOutput {
+        status: output.status,
+        stdout: String::from_utf8(output.stdout)?,
+        stderr: String::from_utf8(output.stderr)?,
+    })
+}
+
+/// Writes a settings file of `name`'s own (unique to this test process) in
+/// the system's temporary directory and returns its path.
+pub fn settings_file(name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::env::temp_dir().join(format!("likes-{name}-{}.toml", std::process::id()));
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
 /// VmRSS of process `pid` (its resident memory), in bytes.
 pub fn rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -4,33 +4,15 @@
 //! ephemeral port and use the env's own queues.
 
 use crate::API;
-use likes_testkit::{TestEnv, process::output_within};
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    time::Duration,
+use likes_testkit::{
+    TestEnv,
+    process::{CliOutput, cli_command, run_cli, settings_file},
 };
+use std::{path::Path, process::Command};
 
-/// `likes-api` with `env`'s settings and no `LIKES_CONFIG` of the caller's.
+/// `likes-api` with `env`'s settings.
 fn api(env: &TestEnv) -> Command {
-    let mut command = likes_testkit::process::command(Path::new(API), &env.settings);
-    command.env_remove("LIKES_CONFIG");
-    command
-}
-
-fn run(command: Command) -> anyhow::Result<(Output, String, String)> {
-    let output = output_within(command, Duration::from_secs(30))?;
-    let stdout = String::from_utf8(output.stdout.clone())?;
-    let stderr = String::from_utf8(output.stderr.clone())?;
-    Ok((output, stdout, stderr))
-}
-
-/// A settings file of `test`'s own, in the target's temporary directory.
-fn settings_file(test: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("likes-api-{test}-{}.toml", std::process::id()));
-    std::fs::write(&path, text)?;
-    Ok(path)
+    cli_command(Path::new(API), &env.settings)
 }
 
 #[test]
@@ -38,8 +20,12 @@ fn help_lists_the_commands_and_says_the_flag_wins_over_likes_config() -> anyhow:
     let env = TestEnv::new();
     let mut command = api(&env);
     command.arg("--help");
-    let (output, help, _) = run(command)?;
-    assert!(output.status.success(), "{help}");
+    let CliOutput {
+        status,
+        stdout: help,
+        ..
+    } = run_cli(command)?;
+    assert!(status.success(), "{help}");
     for words in [
         "check-config",
         "--health-check",
@@ -57,8 +43,8 @@ fn version_prints_the_crate_version() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let mut command = api(&env);
     command.arg("--version");
-    let (output, stdout, _) = run(command)?;
-    assert!(output.status.success());
+    let CliOutput { status, stdout, .. } = run_cli(command)?;
+    assert!(status.success());
     assert_eq!(
         stdout.trim(),
         format!("likes-api {}", env!("CARGO_PKG_VERSION"))
@@ -82,8 +68,12 @@ fn check_config_prints_the_settings_with_passwords_and_token_masked() -> anyhow:
         )
         .env("LIKES__API__AUTH_TOKEN", "token-4711")
         .env("LIKES__WORKER__BATCH_SIZE", "321");
-    let (output, shown, stderr) = run(command)?;
-    assert!(output.status.success(), "{stderr}");
+    let CliOutput {
+        status,
+        stdout: shown,
+        stderr,
+    } = run_cli(command)?;
+    assert!(status.success(), "{stderr}");
     for line in [
         "url = \"amqp://guest:***@127.0.0.1:5672/%2f\"",
         "url = \"postgres://postgres:***@127.0.0.1:5432/likes\"",
@@ -108,14 +98,18 @@ fn check_config_prints_the_settings_with_passwords_and_token_masked() -> anyhow:
 #[test]
 fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
     let env = TestEnv::new();
-    let by_variable = settings_file("by-variable", "[worker]\nretry_max_ms = 1111\n")?;
-    let by_flag = settings_file("by-flag", "[worker]\nretry_max_ms = 2222\n")?;
+    let by_variable = settings_file("api-by-variable", "[worker]\nretry_max_ms = 1111\n")?;
+    let by_flag = settings_file("api-by-flag", "[worker]\nretry_max_ms = 2222\n")?;
 
     let mut command = api(&env);
     command
         .arg("check-config")
         .env("LIKES_CONFIG", &by_variable);
-    let (_, shown, stderr) = run(command)?;
+    let CliOutput {
+        stdout: shown,
+        stderr,
+        ..
+    } = run_cli(command)?;
     assert!(shown.contains("\nretry_max_ms = 1111\n"), "{shown}{stderr}");
 
     let mut command = api(&env);
@@ -124,10 +118,14 @@ fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
         .arg(&by_flag)
         .arg("check-config")
         .env("LIKES_CONFIG", &by_variable);
-    let (output, shown, stderr) = run(command)?;
+    let CliOutput {
+        status,
+        stdout: shown,
+        stderr,
+    } = run_cli(command)?;
     std::fs::remove_file(&by_variable)?;
     std::fs::remove_file(&by_flag)?;
-    assert!(output.status.success(), "{stderr}");
+    assert!(status.success(), "{stderr}");
     assert!(shown.contains("\nretry_max_ms = 2222\n"), "{shown}");
     assert!(shown.contains(&by_flag.display().to_string()), "{shown}");
     Ok(())
@@ -140,8 +138,12 @@ fn check_config_of_invalid_settings_exits_2_with_the_error() -> anyhow::Result<(
     command
         .arg("check-config")
         .env("LIKES__WORKER__BATCH_SIZE", "0");
-    let (output, stdout, stderr) = run(command)?;
-    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    let CliOutput {
+        status,
+        stdout,
+        stderr,
+    } = run_cli(command)?;
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
     assert_eq!(
         stderr,
         "error: invalid setting worker.batch_size: must be between 1 and 65535\n"
@@ -155,8 +157,8 @@ fn a_misspelt_variable_stops_the_start_naming_the_nearest_setting() -> anyhow::R
     let env = TestEnv::new();
     let mut command = api(&env);
     command.env("LIKES__API__CONFIRM_TIMEOUT", "100");
-    let (output, _, stderr) = run(command)?;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let CliOutput { status, stderr, .. } = run_cli(command)?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr,
         "error: LIKES__API__CONFIRM_TIMEOUT is not a setting; \
@@ -168,12 +170,12 @@ fn a_misspelt_variable_stops_the_start_naming_the_nearest_setting() -> anyhow::R
 #[test]
 fn an_unknown_key_in_the_config_file_stops_the_start_naming_the_file() -> anyhow::Result<()> {
     let env = TestEnv::new();
-    let file = settings_file("unknown-key", "[api]\nlisen = \"127.0.0.1:1\"\n")?;
+    let file = settings_file("api-unknown-key", "[api]\nlisen = \"127.0.0.1:1\"\n")?;
     let mut command = api(&env);
     command.arg("--config").arg(&file);
-    let (output, _, stderr) = run(command)?;
+    let CliOutput { status, stderr, .. } = run_cli(command)?;
     std::fs::remove_file(&file)?;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr,
         format!(

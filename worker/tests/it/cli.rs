@@ -4,33 +4,15 @@
 //! a worker that started anyway would consume the env's own queues.
 
 use crate::{DLQ, WORKER};
-use likes_testkit::{TestEnv, process::output_within};
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output},
-    time::Duration,
+use likes_testkit::{
+    TestEnv,
+    process::{CliOutput, cli_command, run_cli, settings_file},
 };
+use std::{path::Path, process::Command};
 
-/// `binary` with `env`'s settings and no `LIKES_CONFIG` of the caller's.
+/// `binary` with `env`'s settings.
 fn binary(binary: &str, env: &TestEnv) -> Command {
-    let mut command = likes_testkit::process::command(Path::new(binary), &env.settings);
-    command.env_remove("LIKES_CONFIG");
-    command
-}
-
-fn run(command: Command) -> anyhow::Result<(Output, String, String)> {
-    let output = output_within(command, Duration::from_secs(30))?;
-    let stdout = String::from_utf8(output.stdout.clone())?;
-    let stderr = String::from_utf8(output.stderr.clone())?;
-    Ok((output, stdout, stderr))
-}
-
-/// A settings file of `test`'s own, in the target's temporary directory.
-fn settings_file(test: &str, text: &str) -> anyhow::Result<PathBuf> {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("likes-worker-{test}-{}.toml", std::process::id()));
-    std::fs::write(&path, text)?;
-    Ok(path)
+    cli_command(Path::new(binary), &env.settings)
 }
 
 #[test]
@@ -38,8 +20,12 @@ fn worker_help_lists_the_health_check_and_the_commands() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let mut command = binary(WORKER, &env);
     command.arg("--help");
-    let (output, help, _) = run(command)?;
-    assert!(output.status.success(), "{help}");
+    let CliOutput {
+        status,
+        stdout: help,
+        ..
+    } = run_cli(command)?;
+    assert!(status.success(), "{help}");
     for words in [
         "check-config",
         "--health-check",
@@ -58,8 +44,8 @@ fn worker_and_dlq_print_the_crate_version() -> anyhow::Result<()> {
     for name in [WORKER, DLQ] {
         let mut command = binary(name, &env);
         command.arg("--version");
-        let (output, stdout, _) = run(command)?;
-        assert!(output.status.success());
+        let CliOutput { status, stdout, .. } = run_cli(command)?;
+        assert!(status.success());
         let program = Path::new(name)
             .file_name()
             .and_then(|n| n.to_str())
@@ -77,8 +63,8 @@ fn pid_without_health_check_is_a_usage_error() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let mut command = binary(WORKER, &env);
     command.args(["--pid", "1"]);
-    let (output, _, stderr) = run(command)?;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let CliOutput { status, stderr, .. } = run_cli(command)?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--health-check"), "{stderr}");
     Ok(())
 }
@@ -91,8 +77,12 @@ fn worker_check_config_masks_the_database_password() -> anyhow::Result<()> {
         "LIKES__DATABASE__URL",
         "postgres://likes:db-pw-0815@db.internal:5432/likes",
     );
-    let (output, shown, stderr) = run(command)?;
-    assert!(output.status.success(), "{stderr}");
+    let CliOutput {
+        status,
+        stdout: shown,
+        stderr,
+    } = run_cli(command)?;
+    assert!(status.success(), "{stderr}");
     assert!(
         shown
             .lines()
@@ -106,21 +96,25 @@ fn worker_check_config_masks_the_database_password() -> anyhow::Result<()> {
 #[test]
 fn dlq_reads_the_config_flag_and_checks_its_keys() -> anyhow::Result<()> {
     let env = TestEnv::new();
-    let good = settings_file("dlq-good", "[amqp]\ndelivery_limit = 7\n")?;
-    let bad = settings_file("dlq-bad", "[amqp]\ndead_leter_queue = \"x\"\n")?;
+    let good = settings_file("worker-dlq-good", "[amqp]\ndelivery_limit = 7\n")?;
+    let bad = settings_file("worker-dlq-bad", "[amqp]\ndead_leter_queue = \"x\"\n")?;
 
     let mut command = binary(DLQ, &env);
     command.arg("check-config").arg("--config").arg(&good);
-    let (output, shown, stderr) = run(command)?;
-    assert!(output.status.success(), "{stderr}");
+    let CliOutput {
+        status,
+        stdout: shown,
+        stderr,
+    } = run_cli(command)?;
+    assert!(status.success(), "{stderr}");
     assert!(shown.contains("\ndelivery_limit = 7\n"), "{shown}");
 
     let mut command = binary(DLQ, &env);
     command.arg("--config").arg(&bad).arg("list");
-    let (output, _, stderr) = run(command)?;
+    let CliOutput { status, stderr, .. } = run_cli(command)?;
     std::fs::remove_file(&good)?;
     std::fs::remove_file(&bad)?;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr,
         format!(
@@ -137,8 +131,8 @@ fn a_misspelt_variable_stops_the_worker_naming_the_nearest_setting() -> anyhow::
     let env = TestEnv::new();
     let mut command = binary(WORKER, &env);
     command.env("LIKES__WORKER__BATCH_SIZ", "10");
-    let (output, _, stderr) = run(command)?;
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let CliOutput { status, stderr, .. } = run_cli(command)?;
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(
         stderr,
         "error: LIKES__WORKER__BATCH_SIZ is not a setting; \
