@@ -305,6 +305,26 @@ pub async fn probe(
     Ok(likes_common::telemetry::health::probe(addr, probe, Duration::from_secs(5)).await?)
 }
 
+/// Polls `/readyz` of the metrics listener at `addr` until it says `ready`
+/// (200) or not (503), as wanted, failing after `timeout`; the answer.
+pub async fn wait_for_readiness(
+    addr: &str,
+    ready: bool,
+    timeout: Duration,
+) -> anyhow::Result<likes_common::telemetry::health::ProbeAnswer> {
+    let what = format!(
+        "/readyz at {addr} to answer {}",
+        if ready { 200 } else { 503 }
+    );
+    eventually(timeout, &what, || async {
+        let answer = probe(addr, likes_common::telemetry::health::Probe::Ready)
+            .await
+            .ok();
+        Ok(answer.filter(|a| a.ok == ready))
+    })
+    .await
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> anyhow::Result<T>
 where

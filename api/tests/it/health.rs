@@ -7,7 +7,7 @@ use crate::{API, ONE_AT_A_TIME, connect};
 use likes_common::{config::SecretUrl, telemetry::health::Probe};
 use likes_testkit::{
     TestEnv, eventually, free_port, metrics_without_help, probe, process::ServiceProcess,
-    proxy::FaultProxy, sample, scrape,
+    proxy::FaultProxy, sample, scrape, wait_for_readiness,
 };
 use std::{path::Path, time::Duration};
 
@@ -44,23 +44,8 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
     settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
     let api = ServiceProcess::spawn(Path::new(API), &settings)?;
     let metrics = settings.api.metrics_listen.clone();
-    let ready = |want: bool| {
-        let metrics = metrics.clone();
-        move || {
-            let metrics = metrics.clone();
-            async move {
-                let answer = probe(&metrics, Probe::Ready).await.ok();
-                Ok(answer.filter(|a| a.ok == want))
-            }
-        }
-    };
 
-    let answer = eventually(
-        Duration::from_secs(20),
-        "/readyz to answer 200",
-        ready(true),
-    )
-    .await?;
+    let answer = wait_for_readiness(&metrics, true, Duration::from_secs(20)).await?;
     assert_eq!(answer.text, "ready");
     assert_eq!(answer.process_id, Some(api.pid()));
     assert_eq!(answer.grpc_listen, Some(format!("127.0.0.1:{port}")));
@@ -108,12 +93,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
 
     // Broker gone: not ready, with the reason, and still live.
     proxy.cut();
-    let answer = eventually(
-        Duration::from_secs(20),
-        "/readyz to answer 503",
-        ready(false),
-    )
-    .await?;
+    let answer = wait_for_readiness(&metrics, false, Duration::from_secs(20)).await?;
     assert!(
         answer.text.contains("not connected to RabbitMQ"),
         "{answer:?}"
@@ -144,12 +124,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
 
     // Broker back: ready again, and Like works.
     proxy.restore();
-    eventually(
-        Duration::from_secs(30),
-        "/readyz to answer 200 again",
-        ready(true),
-    )
-    .await?;
+    wait_for_readiness(&metrics, true, Duration::from_secs(30)).await?;
     let mut client = connect(port).await?;
     crate::like(&mut client, "after-the-cut").await?;
     let (passed, said) = health_check_binary(&settings)?;

@@ -6,8 +6,8 @@
 use crate::WORKER;
 use likes_common::{config::SecretUrl, telemetry::health::Probe};
 use likes_testkit::{
-    TestEnv, eventually, free_port, metrics_without_help, probe, process::ServiceProcess,
-    proxy::FaultProxy, sample, scrape,
+    TestEnv, free_port, metrics_without_help, probe, process::ServiceProcess, proxy::FaultProxy,
+    sample, scrape, wait_for_readiness,
 };
 use std::{path::Path, time::Duration};
 
@@ -22,23 +22,8 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
     let worker = ServiceProcess::spawn(Path::new(WORKER), &settings)?;
     let pid = Some(worker.pid());
     let metrics = settings.worker.metrics_listen.clone();
-    let ready = |want: bool| {
-        let metrics = metrics.clone();
-        move || {
-            let metrics = metrics.clone();
-            async move {
-                let answer = probe(&metrics, Probe::Ready).await.ok();
-                Ok(answer.filter(|a| a.ok == want))
-            }
-        }
-    };
 
-    let answer = eventually(
-        Duration::from_secs(20),
-        "/readyz to answer 200",
-        ready(true),
-    )
-    .await?;
+    let answer = wait_for_readiness(&metrics, true, Duration::from_secs(20)).await?;
     assert_eq!(answer.text, "ready");
     assert_eq!(answer.process_id, pid);
     let consumers = {
@@ -72,12 +57,7 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
 
     // Broker gone: not ready, with the reason, and still live.
     proxy.cut();
-    let answer = eventually(
-        Duration::from_secs(20),
-        "/readyz to answer 503",
-        ready(false),
-    )
-    .await?;
+    let answer = wait_for_readiness(&metrics, false, Duration::from_secs(20)).await?;
     assert!(answer.text.contains("RabbitMQ"), "{answer:?}");
     let live = probe(&metrics, Probe::Live).await?;
     assert!(live.ok, "live while the broker is away: {live:?}");
@@ -102,12 +82,7 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
 
     // Broker back: consuming and ready again.
     proxy.restore();
-    eventually(
-        Duration::from_secs(30),
-        "/readyz to answer 200 again",
-        ready(true),
-    )
-    .await?;
+    wait_for_readiness(&metrics, true, Duration::from_secs(30)).await?;
     likes_worker::readiness_check(&settings, pid).await?;
     // Another process's id is refused, whatever the endpoint answers.
     let error = likes_worker::health_check(&settings, Some(worker.pid() + 1))
