@@ -7,10 +7,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::Parser;
 use likes_common::{
     Settings,
-    cli::{self, ConfigArgs},
+    cli::{self, ServiceArgs, ServiceCommand, Start},
     shutdown, telemetry,
 };
 use std::process::ExitCode;
@@ -22,59 +22,28 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "likes-api", version, after_help = cli::SETTINGS_HELP)]
 struct Cli {
     #[command(flatten)]
-    settings: ConfigArgs,
-    /// Exit 0 if this api's metrics endpoint (api.metrics_listen) answers
-    /// GET /healthz: alive, whatever the broker does (for container health
-    /// checks); starts no server.
-    #[arg(long)]
-    health_check: bool,
-    /// With --health-check: ask GET /readyz instead, exit 0 only while the
-    /// api is connected to RabbitMQ and serving.
-    #[arg(long, requires = "health_check")]
-    ready: bool,
+    service: ServiceArgs,
     #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
-    /// with the error if they are invalid.
-    CheckConfig,
+    command: Option<ServiceCommand>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.health_check && cli.command.is_some() {
-        // Not `args_conflicts_with_subcommands`: that refuses `--config` too.
-        Cli::command()
-            .error(
-                ErrorKind::ArgumentConflict,
-                "--health-check cannot be used with a command",
-            )
-            .exit();
-    }
-    let settings = match cli.settings.load() {
-        Ok(settings) => settings,
-        Err(err) => return cli::settings_failure(&err),
+    let (settings, start) = match cli.service.start::<Cli>("likes-api", cli.command.as_ref()) {
+        Ok(started) => started,
+        Err(done) => return done,
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        return cli.settings.check_config("likes-api", &settings);
-    }
-    let check = cli.health_check.then_some(cli.ready);
-    let outcome = likes_common::runtime::block_on(run(settings, check))
+    let outcome = likes_common::runtime::block_on(run(settings, start))
         .context("starting the tokio runtime")
         .and_then(|outcome| outcome);
     cli::exit_code(outcome)
 }
 
-/// `check`: `None` serves; `Some(ready)` runs the health check (readiness
-/// when `ready`) and exits.
-async fn run(settings: Settings, check: Option<bool>) -> anyhow::Result<()> {
-    match check {
-        Some(false) => return likes_api::health_check(&settings).await,
-        Some(true) => return likes_api::readiness_check(&settings).await,
-        None => {}
+async fn run(settings: Settings, start: Start) -> anyhow::Result<()> {
+    match start {
+        Start::HealthCheck { ready: false } => return likes_api::health_check(&settings).await,
+        Start::HealthCheck { ready: true } => return likes_api::readiness_check(&settings).await,
+        Start::Serve => {}
     }
     let traces = telemetry::otel::Traces::start(
         &settings.telemetry,

@@ -62,6 +62,72 @@ impl ConfigArgs {
     }
 }
 
+/// The command line of a service binary (`likes-api`, `likes-worker`):
+/// settings, and the health check a container runtime runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub settings: ConfigArgs,
+    /// Exit 0 if this process's metrics endpoint (api.metrics_listen or
+    /// worker.metrics_listen) answers GET /healthz: alive, whatever the
+    /// broker does (for container health checks); starts nothing else.
+    #[arg(long)]
+    pub health_check: bool,
+    /// With --health-check: ask GET /readyz instead; exit 0 only while the
+    /// api is connected to RabbitMQ, or the worker consumes every queue of
+    /// worker.shards.
+    #[arg(long, requires = "health_check")]
+    pub ready: bool,
+}
+
+/// The subcommands of a service binary.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
+    /// with the error if they are invalid.
+    CheckConfig,
+}
+
+/// What a service binary was started to do, once its settings loaded.
+#[derive(Debug)]
+pub enum Start {
+    /// Run the service.
+    Serve,
+    /// Run the health check (`ready`: the readiness check) and exit.
+    HealthCheck { ready: bool },
+}
+
+impl ServiceArgs {
+    /// Refuses `--health-check` with a subcommand (a clap usage error, exit
+    /// 2, for `Cli`, the binary's parser), loads the settings, and runs
+    /// `check-config`. `Err` is the exit code when the process is done.
+    pub fn start<Cli: clap::CommandFactory>(
+        &self,
+        program: &str,
+        command: Option<&ServiceCommand>,
+    ) -> Result<(Settings, Start), ExitCode> {
+        if self.health_check && command.is_some() {
+            // Not `args_conflicts_with_subcommands`: that refuses `--config` too.
+            Cli::command()
+                .error(
+                    clap::error::ErrorKind::ArgumentConflict,
+                    "--health-check cannot be used with a command",
+                )
+                .exit();
+        }
+        let settings = self.settings.load().map_err(|err| settings_failure(&err))?;
+        if let Some(ServiceCommand::CheckConfig) = command {
+            return Err(self.settings.check_config(program, &settings));
+        }
+        let start = if self.health_check {
+            Start::HealthCheck { ready: self.ready }
+        } else {
+            Start::Serve
+        };
+        Ok((settings, start))
+    }
+}
+
 /// Prints a settings error as one line on stderr, as clap prints a usage
 /// error, and gives the exit code of one.
 pub fn settings_failure(err: &ConfigError) -> ExitCode {

@@ -8,10 +8,10 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::Parser;
 use likes_common::{
     Settings,
-    cli::{self, ConfigArgs},
+    cli::{self, ServiceArgs, ServiceCommand, Start},
     shutdown, telemetry,
 };
 use std::process::ExitCode;
@@ -23,79 +23,39 @@ use tokio_util::sync::CancellationToken;
 #[command(name = "likes-worker", version, after_help = cli::SETTINGS_HELP)]
 struct Cli {
     #[command(flatten)]
-    settings: ConfigArgs,
-    /// Exit 0 if the worker's metrics endpoint (worker.metrics_listen)
-    /// answers GET /healthz: alive, whatever the broker does (for container
-    /// health checks); starts no worker.
-    #[arg(long)]
-    health_check: bool,
-    /// With --health-check: ask GET /readyz instead, exit 0 only while the
-    /// worker consumes every queue of worker.shards.
-    #[arg(long, requires = "health_check")]
-    ready: bool,
+    service: ServiceArgs,
     /// With --health-check: the process id of the worker to check; without
     /// it, the one likes-worker process in this PID namespace.
     #[arg(long, value_name = "N", requires = "health_check")]
     pid: Option<u32>,
     #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print the settings in effect as TOML (secrets masked) and exit; exit 2
-    /// with the error if they are invalid.
-    CheckConfig,
+    command: Option<ServiceCommand>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.health_check && cli.command.is_some() {
-        // Not `args_conflicts_with_subcommands`: that refuses `--config` too.
-        Cli::command()
-            .error(
-                ErrorKind::ArgumentConflict,
-                "--health-check cannot be used with a command",
-            )
-            .exit();
-    }
-    let settings = match cli.settings.load() {
-        Ok(settings) => settings,
-        Err(err) => return cli::settings_failure(&err),
+    let (settings, start) = match cli
+        .service
+        .start::<Cli>("likes-worker", cli.command.as_ref())
+    {
+        Ok(started) => started,
+        Err(done) => return done,
     };
-    if let Some(Command::CheckConfig) = cli.command {
-        return cli.settings.check_config("likes-worker", &settings);
-    }
-    let mode = if cli.health_check {
-        Mode::HealthCheck {
-            pid: cli.pid,
-            ready: cli.ready,
-        }
-    } else {
-        Mode::Work
-    };
-    let outcome = likes_common::runtime::block_on(run(settings, mode))
+    let outcome = likes_common::runtime::block_on(run(settings, start, cli.pid))
         .context("starting the tokio runtime")
         .and_then(|outcome| outcome);
     cli::exit_code(outcome)
 }
 
-/// What the process is started for.
-#[derive(Debug)]
-enum Mode {
-    Work,
-    HealthCheck { pid: Option<u32>, ready: bool },
-}
-
-async fn run(settings: Settings, mode: Mode) -> anyhow::Result<()> {
-    match mode {
-        Mode::HealthCheck { pid, ready: false } => {
+async fn run(settings: Settings, start: Start, pid: Option<u32>) -> anyhow::Result<()> {
+    match start {
+        Start::HealthCheck { ready: false } => {
             return likes_worker::health_check(&settings, pid).await;
         }
-        Mode::HealthCheck { pid, ready: true } => {
+        Start::HealthCheck { ready: true } => {
             return likes_worker::readiness_check(&settings, pid).await;
         }
-        Mode::Work => {}
+        Start::Serve => {}
     }
     let traces = telemetry::otel::Traces::start(&settings.telemetry, "likes-worker", 1.0)?;
     // Every batch is traced: there are few, and each may carry traced calls.
