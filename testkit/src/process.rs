@@ -253,6 +253,19 @@ pub fn run_cli(command: Command) -> anyhow::Result<CliOutput> {
     })
 }
 
+/// `binary --health-check ARGS` with `settings`, as a container runtime runs
+/// it: whether it passed, and what it said on stderr.
+pub fn health_check(
+    binary: &Path,
+    settings: &Settings,
+    args: &[&str],
+) -> anyhow::Result<(bool, String)> {
+    let mut command = cli_command(binary, settings);
+    command.arg("--health-check").args(args);
+    let output = run_cli(command)?;
+    Ok((output.status.success(), output.stderr))
+}
+
 /// Writes a settings file of `name`'s own (unique to this test process) in
 /// the system's temporary directory and returns its path.
 pub fn settings_file(name: &str, text: &str) -> anyhow::Result<std::path::PathBuf> {

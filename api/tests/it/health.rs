@@ -11,23 +11,12 @@ use likes_testkit::{
 };
 use std::{path::Path, time::Duration};
 
-/// `likes-api --health-check`, as a container runtime runs it: whether it
-/// passed, and what it said.
-fn health_check_binary(settings: &likes_common::Settings) -> anyhow::Result<(bool, String)> {
-    check_binary(settings, &["--health-check"])
-}
-
-fn check_binary(
+/// `likes-api --health-check ARGS`: whether it passed, and what it said.
+fn health_check_binary(
     settings: &likes_common::Settings,
     args: &[&str],
 ) -> anyhow::Result<(bool, String)> {
-    let output = likes_testkit::process::command(Path::new(API), settings)
-        .args(args)
-        .output()?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    likes_testkit::process::health_check(Path::new(API), settings, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +89,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
     );
     let live = probe(&metrics, Probe::Live).await?;
     assert!(live.ok, "live while the broker is away: {live:?}");
-    let (passed, said) = health_check_binary(&settings)?;
+    let (passed, said) = health_check_binary(&settings, &[])?;
     assert!(
         passed,
         "--health-check failed while the broker was away: {said}"
@@ -109,7 +98,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
         .await
         .expect_err("not ready without the broker");
     assert!(error.to_string().contains("RabbitMQ"), "{error:#}");
-    let (ready_passed, said) = check_binary(&settings, &["--health-check", "--ready"])?;
+    let (ready_passed, said) = health_check_binary(&settings, &["--ready"])?;
     assert!(
         !ready_passed,
         "--health-check --ready passed without the broker"
@@ -127,9 +116,9 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
     wait_for_readiness(&metrics, true, Duration::from_secs(30)).await?;
     let mut client = connect(port).await?;
     crate::like(&mut client, "after-the-cut").await?;
-    let (passed, said) = health_check_binary(&settings)?;
+    let (passed, said) = health_check_binary(&settings, &[])?;
     assert!(passed, "{said}");
-    let (passed, said) = check_binary(&settings, &["--health-check", "--ready"])?;
+    let (passed, said) = health_check_binary(&settings, &["--ready"])?;
     assert!(passed, "ready again: {said}");
     Ok(())
 }
@@ -148,12 +137,12 @@ async fn the_health_check_fails_on_an_endpoint_of_another_api() -> anyhow::Resul
         async move { Ok(probe(&metrics, Probe::Live).await.ok()) }
     })
     .await?;
-    assert!(health_check_binary(&env.settings)?.0, "its own check");
+    assert!(health_check_binary(&env.settings, &[])?.0, "its own check");
 
     // An api on another gRPC port whose check would read this endpoint.
     let mut other = env.settings.clone();
     other.api.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
-    let (passed, said) = health_check_binary(&other)?;
+    let (passed, said) = health_check_binary(&other, &[])?;
     assert!(!passed, "passed on another api's endpoint");
     assert!(said.contains("belongs to the api serving"), "{said}");
     Ok(())

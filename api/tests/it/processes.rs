@@ -27,14 +27,7 @@ async fn logged(process: &ServiceProcess, words: &[&str]) -> anyhow::Result<()> 
 /// `likes-worker --health-check` with these extra arguments: its exit
 /// status and what it said.
 fn worker_health(worker: &Path, env: &TestEnv, args: &[&str]) -> anyhow::Result<(bool, String)> {
-    let output = likes_testkit::process::command(worker, &env.settings)
-        .arg("--health-check")
-        .args(args)
-        .output()?;
-    Ok((
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    likes_testkit::process::health_check(worker, &env.settings, args)
 }
 
 #[tokio::test(flavor = "multi_thread")]
