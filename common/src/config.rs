@@ -879,6 +879,12 @@ mod tests {
             ("LIKES_CONFIG", "/elsewhere.toml"),
             ("LIKES_HOME", "/srv"),
             ("PATH", "/usr/bin"),
+            // What Kubernetes injects into every pod for a Service named
+            // likes-api (service links): never settings, never refused.
+            ("LIKES_API_SERVICE_HOST", "10.0.0.7"),
+            ("LIKES_API_SERVICE_PORT_GRPC", "50051"),
+            ("LIKES_API_PORT", "tcp://10.0.0.7:50051"),
+            ("LIKES_API_PORT_50051_TCP_PROTO", "tcp"),
         ]);
         let s = Settings::load_from(Some(path.clone()), Some(env)).expect("valid overrides");
         std::fs::remove_file(&path).expect("removing the settings file");
