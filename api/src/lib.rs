@@ -12,6 +12,7 @@ pub mod error;
 pub mod protocol;
 pub mod publisher;
 pub mod service;
+pub mod trace_context;
 pub mod validate;
 
 use admission::{Admission, AdmissionLayer};
@@ -152,6 +153,7 @@ impl Application {
             .layer(DeadlineLayer)
             .layer(AdmissionLayer::new(admission))
             .layer(MapResponseLayer::new(size_limit_is_resource_exhausted))
+            .layer(trace_context::RemoteParentLayer)
             .add_service(InterceptedService::new(health_service, open_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1, open_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, open_auth))

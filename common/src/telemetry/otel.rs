@@ -36,7 +36,11 @@
 //! full load), not its events (500).
 
 use crate::config::TelemetrySettings;
-pub use opentelemetry::{Context, trace::SpanContext};
+pub use opentelemetry::{
+    Context,
+    context::{FutureExt as _, WithContext},
+    trace::SpanContext,
+};
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{TraceContextExt, TracerProvider as _},
@@ -240,6 +244,41 @@ pub fn extract(carrier: &dyn Extractor) -> SpanContext {
         .clone()
 }
 
+/// A caller's W3C trace context (`traceparent`, `tracestate`) from its
+/// request headers (gRPC metadata), when tracing is on and the headers name
+/// a valid one: attached while the request is handled, it becomes the
+/// parent of the RPC's span, so the call continues the caller's trace.
+/// `None` at the cost of one atomic load when tracing is off.
+pub fn remote_parent(headers: &http::HeaderMap) -> Option<Context> {
+    if !enabled() {
+        return None;
+    }
+    let parent = extract(&HttpHeaders(headers));
+    parent
+        .is_valid()
+        .then(|| Context::new().with_remote_span_context(parent))
+}
+
+/// `future` with `parent` attached whenever it is polled (and while it is
+/// made, by [`Context::attach`] around the call that makes it): the spans
+/// it opens without a `tracing` parent take `parent` as theirs.
+pub fn in_context<F: std::future::Future>(parent: Context, future: F) -> WithContext<F> {
+    future.with_context(parent)
+}
+
+/// [`Extractor`] over HTTP request headers.
+struct HttpHeaders<'a>(&'a http::HeaderMap);
+
+impl Extractor for HttpHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +311,20 @@ mod tests {
         carrier.insert("traceparent".to_owned(), "nonsense".to_owned());
         assert!(!extract(&carrier).is_valid());
         assert!(!extract(&HashMap::<String, String>::new()).is_valid());
+    }
+
+    #[test]
+    fn request_headers_name_the_caller_s_context() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+        );
+        let cx = extract(&HttpHeaders(&headers));
+        assert_eq!(cx.span_id().to_string(), "b7ad6b7169203331");
+        // Tracing is off in unit tests: nothing is read.
+        assert!(remote_parent(&headers).is_none());
     }
 }

@@ -109,6 +109,31 @@ async fn a_like_s_trace_reaches_the_batch_span_that_wrote_it() -> anyhow::Result
     assert_eq!(publish.span_id, carried.span_id().to_string());
     assert!(publish.is_child_of(&call), "{publish:?} under {call:?}");
     assert_eq!(call.service, "likes-test");
+
+    // A caller's own trace is continued: a Like whose metadata carries a
+    // `traceparent` gets its RPC span as a child of the caller's span.
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = tonic::Request::new(LikeRequest {
+        post_id: "p-caller".into(),
+        user_id: "u-caller".into(),
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-{caller_span}-01").parse()?,
+    );
+    client.like(request).await?;
+    let continued = eventually(WAIT, "the caller's Like span", || async {
+        let spans = flushed(&traces, &receiver).await?;
+        Ok(like_span(&spans, "p-caller", "u-caller").cloned())
+    })
+    .await?;
+    assert_eq!(continued.trace_id, caller_trace, "{continued:?}");
+    assert_eq!(continued.parent_span_id, caller_span, "{continued:?}");
+    assert_ne!(
+        call.trace_id, caller_trace,
+        "a call without one starts its own"
+    );
     api.stop().await?;
     drop(env);
 
