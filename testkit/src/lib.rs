@@ -282,6 +282,32 @@ pub async fn scrape(addr: &str) -> anyhow::Result<String> {
 
 pub use likes_common::telemetry::sample;
 
+/// Asserts what a scrape of a freshly started, connected process shows:
+/// `likes_amqp_connected{role}` 1, `likes_build_info` of this version, process
+/// metrics (resident memory above 1 MB), and `# HELP` for every `likes_` metric.
+pub fn assert_started_metrics(body: &str, role: &str) {
+    assert_eq!(
+        sample(
+            body,
+            "likes_amqp_connected",
+            Some(&format!("role=\"{role}\""))
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        sample(body, "likes_build_info", Some(&version)),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        sample(body, "process_resident_memory_bytes", None).is_some_and(|rss| rss > 1e6),
+        "{body}"
+    );
+    assert_eq!(metrics_without_help(body), Vec::<String>::new(), "{body}");
+}
+
 /// The `likes_` metrics of a Prometheus text body that have no `# HELP`
 /// line, each named once.
 pub fn metrics_without_help(body: &str) -> Vec<String> {

@@ -6,7 +6,7 @@
 use crate::WORKER;
 use likes_common::{config::SecretUrl, telemetry::health::Probe};
 use likes_testkit::{
-    TestEnv, free_port, metrics_without_help, probe, process::ServiceProcess, proxy::FaultProxy,
+    TestEnv, assert_started_metrics, free_port, probe, process::ServiceProcess, proxy::FaultProxy,
     sample, scrape, wait_for_readiness,
 };
 use std::{path::Path, time::Duration};
@@ -37,23 +37,8 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
     likes_worker::readiness_check(&settings, pid).await?;
 
     let body = scrape(&metrics).await?;
-    assert_eq!(
-        sample(&body, "likes_amqp_connected", Some("role=\"worker\"")),
-        Some(1.0),
-        "{body}"
-    );
-    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
-    assert_eq!(
-        sample(&body, "likes_build_info", Some(&version)),
-        Some(1.0),
-        "{body}"
-    );
-    assert!(
-        sample(&body, "process_resident_memory_bytes", None).is_some_and(|rss| rss > 1e6),
-        "{body}"
-    );
+    assert_started_metrics(&body, "worker");
     assert!(sample(&body, "process_open_fds", None).is_some(), "{body}");
-    assert_eq!(metrics_without_help(&body), Vec::<String>::new(), "{body}");
 
     // Broker gone: not ready, with the reason, and still live.
     proxy.cut();
@@ -61,13 +46,14 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
     assert!(answer.text.contains("RabbitMQ"), "{answer:?}");
     let live = probe(&metrics, Probe::Live).await?;
     assert!(live.ok, "live while the broker is away: {live:?}");
-    let output = likes_testkit::process::command(Path::new(WORKER), &settings)
-        .args(["--health-check", "--pid", &worker.pid().to_string()])
-        .output()?;
+    let (passed, said) = likes_testkit::process::health_check(
+        Path::new(WORKER),
+        &settings,
+        &["--pid", &worker.pid().to_string()],
+    )?;
     assert!(
-        output.status.success(),
-        "--health-check failed while the broker was away: {}",
-        String::from_utf8_lossy(&output.stderr)
+        passed,
+        "--health-check failed while the broker was away: {said}"
     );
     let error = likes_worker::readiness_check(&settings, pid)
         .await
