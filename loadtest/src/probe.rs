@@ -59,6 +59,12 @@ impl Probe {
         verify::stored(self.statement(), Scope::Posts(like_pattern)).await
     }
 
+    /// The run's counters summed: its liked pairs, from one row per post
+    /// (cheap at any volume, unlike [`Probe::stored`]).
+    pub async fn counted(&mut self, like_pattern: &str) -> anyhow::Result<i64> {
+        verify::counted(self.statement(), Scope::Posts(like_pattern)).await
+    }
+
     /// Verifies the run's rows against its ledger (one transaction).
     pub async fn verify(&mut self, ledger: &Ledger, names: &Names) -> anyhow::Result<Verification> {
         let expected = RunExpectations { ledger, names };
