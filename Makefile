@@ -92,7 +92,7 @@ check-k8s: tools
 	$(CARGO) test --locked -p likes-loadtest --test it k8s::
 
 ## The performance bar of BENCHMARKS.md, with its ceilings, from one run
-## (~10 min; ARGS="--quick" for a shortened check). Results in target/bench/.
+## (~15 min; ARGS="--quick" for a shortened check). Results in target/bench/.
 bench: services
 	$(CARGO) build --release --locked --bin likes-api --bin likes-worker --bin likes-loadtest
 	RUST_LOG=warn target/release/likes-loadtest bench $(ARGS)
