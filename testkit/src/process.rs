@@ -242,6 +242,20 @@ pub struct CliOutput {
     pub stderr: String,
 }
 
+impl CliOutput {
+    /// What it printed on stdout, if it exited 0; else an error with what it
+    /// printed on both streams.
+    pub fn succeeded(self) -> anyhow::Result<String> {
+        let Self {
+            status,
+            stdout,
+            stderr,
+        } = self;
+        anyhow::ensure!(status.success(), "exited with {status}:\n{stdout}{stderr}");
+        Ok(stdout)
+    }
+}
+
 /// Runs a command that should exit at once ([`output_within`] 30 s) and
 /// returns its output as text.
 pub fn run_cli(command: Command) -> anyhow::Result<CliOutput> {

@@ -20,12 +20,7 @@ fn help_lists_the_commands_and_says_the_flag_wins_over_likes_config() -> anyhow:
     let env = TestEnv::new();
     let mut command = api(&env);
     command.arg("--help");
-    let CliOutput {
-        status,
-        stdout: help,
-        ..
-    } = run_cli(command)?;
-    assert!(status.success(), "{help}");
+    let help = run_cli(command)?.succeeded()?;
     for words in [
         "check-config",
         "--health-check",
@@ -43,8 +38,7 @@ fn version_prints_the_crate_version() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let mut command = api(&env);
     command.arg("--version");
-    let CliOutput { status, stdout, .. } = run_cli(command)?;
-    assert!(status.success());
+    let stdout = run_cli(command)?.succeeded()?;
     assert_eq!(
         stdout.trim(),
         format!("likes-api {}", env!("CARGO_PKG_VERSION"))
@@ -68,12 +62,7 @@ fn check_config_prints_the_settings_with_passwords_and_token_masked() -> anyhow:
         )
         .env("LIKES__API__AUTH_TOKEN", "token-4711")
         .env("LIKES__WORKER__BATCH_SIZE", "321");
-    let CliOutput {
-        status,
-        stdout: shown,
-        stderr,
-    } = run_cli(command)?;
-    assert!(status.success(), "{stderr}");
+    let shown = run_cli(command)?.succeeded()?;
     for line in [
         "url = \"amqp://guest:***@127.0.0.1:5672/%2f\"",
         "url = \"postgres://postgres:***@127.0.0.1:5432/likes\"",
@@ -118,14 +107,10 @@ fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
         .arg(&by_flag)
         .arg("check-config")
         .env("LIKES_CONFIG", &by_variable);
-    let CliOutput {
-        status,
-        stdout: shown,
-        stderr,
-    } = run_cli(command)?;
+    let output = run_cli(command)?;
     std::fs::remove_file(&by_variable)?;
     std::fs::remove_file(&by_flag)?;
-    assert!(status.success(), "{stderr}");
+    let shown = output.succeeded()?;
     assert!(shown.contains("\nretry_max_ms = 2222\n"), "{shown}");
     assert!(shown.contains(&by_flag.display().to_string()), "{shown}");
     Ok(())

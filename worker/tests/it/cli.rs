@@ -20,12 +20,7 @@ fn worker_help_lists_the_health_check_and_the_commands() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let mut command = binary(WORKER, &env);
     command.arg("--help");
-    let CliOutput {
-        status,
-        stdout: help,
-        ..
-    } = run_cli(command)?;
-    assert!(status.success(), "{help}");
+    let help = run_cli(command)?.succeeded()?;
     for words in [
         "check-config",
         "--health-check",
@@ -44,8 +39,7 @@ fn worker_and_dlq_print_the_crate_version() -> anyhow::Result<()> {
     for name in [WORKER, DLQ] {
         let mut command = binary(name, &env);
         command.arg("--version");
-        let CliOutput { status, stdout, .. } = run_cli(command)?;
-        assert!(status.success());
+        let stdout = run_cli(command)?.succeeded()?;
         let program = Path::new(name)
             .file_name()
             .and_then(|n| n.to_str())
@@ -77,12 +71,7 @@ fn worker_check_config_masks_the_database_password() -> anyhow::Result<()> {
         "LIKES__DATABASE__URL",
         "postgres://likes:db-pw-0815@db.internal:5432/likes",
     );
-    let CliOutput {
-        status,
-        stdout: shown,
-        stderr,
-    } = run_cli(command)?;
-    assert!(status.success(), "{stderr}");
+    let shown = run_cli(command)?.succeeded()?;
     assert!(
         shown
             .lines()
@@ -101,12 +90,7 @@ fn dlq_reads_the_config_flag_and_checks_its_keys() -> anyhow::Result<()> {
 
     let mut command = binary(DLQ, &env);
     command.arg("check-config").arg("--config").arg(&good);
-    let CliOutput {
-        status,
-        stdout: shown,
-        stderr,
-    } = run_cli(command)?;
-    assert!(status.success(), "{stderr}");
+    let shown = run_cli(command)?.succeeded()?;
     assert!(shown.contains("\ndelivery_limit = 7\n"), "{shown}");
 
     let mut command = binary(DLQ, &env);
