@@ -15,7 +15,7 @@
 
 use crate::{
     Options, ProgressView, Report,
-    ceiling::{self, Ceiling, GrpcOptions, pipe::Pipe, pipe::QueueKind},
+    ceiling::{self, Ceiling, GrpcOptions, SharedSpike, pipe::Pipe, pipe::QueueKind},
     processes::{Services, counter_total},
     reads::{ReadOptions, Reads},
 };
@@ -64,6 +64,11 @@ pub struct BenchResults {
     /// Every spike trial's end-to-end likes/s, in the order they ran.
     #[serde(default)]
     pub spike_trials: Vec<f64>,
+    /// The same spike from `../shared/grpc-ceiling`'s own client against the
+    /// same processes, every trial (empty where the tool is not there): read
+    /// against its echo, the same client at both ends.
+    #[serde(default)]
+    pub shared_client_spikes: Vec<SharedSpike>,
     /// One caller, one Like at a time.
     pub lone: Report,
     pub open_loop: Report,
@@ -262,6 +267,16 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let services = Services::start(&bin_dir, None).await?;
     let (spike_report, spike_likes_per_message, spike_trials) =
         spikes("spike", &services, broker, spike_likes, trials, out).await?;
+    let mut shared_client_spikes = Vec::new();
+    if cross_check && shared_echo.is_some() {
+        eprintln!("== cross-check: ../shared/grpc-ceiling spike against the api");
+        for trial in 1..=trials {
+            let run_id = format!("bench-{}-{trial}", std::process::id());
+            if let Some(spike) = ceiling::shared_spike(&services.api_addr(), spike_likes, &run_id) {
+                shared_client_spikes.push(spike);
+            }
+        }
+    }
     let lone_likes = scaled(2_000, scale, 200).to_string();
     let lone = phase(
         "lone",
@@ -346,6 +361,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         spike: spike_report,
         spike_likes_per_message,
         spike_trials,
+        shared_client_spikes,
         lone,
         open_loop,
         tenfold,
@@ -427,6 +443,13 @@ fn verdict(met: Option<bool>, word: &str) -> &str {
     }
 }
 
+/// The median trial of the shared tool's spike, by end-to-end rate.
+fn median_shared_spike(trials: &[SharedSpike]) -> Option<&SharedSpike> {
+    let mut sorted: Vec<&SharedSpike> = trials.iter().collect();
+    sorted.sort_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s));
+    sorted.get(sorted.len() / 2).copied()
+}
+
 /// The markdown summary of a run: the bar of BENCHMARKS.md, then the
 /// ceilings with the shared tools' figures beside them.
 pub fn summary(r: &BenchResults) -> String {
@@ -469,6 +492,15 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(shared_ratio.map(|x| format!("{x:.2}"))),
             verdict(shared_ratio.map(|x| x >= 0.45), "below")
         );
+        if let Some(theirs) = median_shared_spike(&r.shared_client_spikes) {
+            let _ = writeln!(
+                s,
+                "| 1 | like for like: the same spike from that tool's client / its echo | {} / {} = **{:.2}** | | |",
+                n(theirs.e2e_per_s),
+                n(shared),
+                theirs.e2e_per_s / shared
+            );
+        }
     }
     for (label, pipe) in [
         ("packed pipe", &r.packed_pipe),
@@ -620,6 +652,27 @@ pub fn summary(r: &BenchResults) -> String {
             );
         }
     }
+    if let Some(theirs) = median_shared_spike(&r.shared_client_spikes) {
+        let rates: Vec<String> = r
+            .shared_client_spikes
+            .iter()
+            .map(|t| n(t.e2e_per_s))
+            .collect();
+        let exact = r.shared_client_spikes.iter().all(|t| t.counts_exact);
+        let _ = writeln!(
+            s,
+            "`../shared/grpc-ceiling spike` against the api: median of {} trials, end-to-end likes/s {}; counts {}; its client {:.1} µs per like (ours {})\n",
+            rates.len(),
+            rates.join(" / "),
+            if exact {
+                "exact in every trial"
+            } else {
+                "NOT exact"
+            },
+            theirs.client_us_per_like,
+            or_na(cpu(&r.spike, "load generator").map(|us| format!("{us:.1} µs")))
+        );
+    }
     let failed: Vec<&str> = reports(r)
         .iter()
         .filter(|(_, report)| !report.passed())
@@ -742,6 +795,13 @@ mod tests {
             spike: spike.clone(),
             spike_likes_per_message: Some(20.0),
             spike_trials: vec![29_000.0, 30_000.0, 31_000.0],
+            shared_client_spikes: [26_000.0, 24_000.0, 25_000.0]
+                .map(|e2e_per_s| SharedSpike {
+                    e2e_per_s,
+                    counts_exact: true,
+                    client_us_per_like: e2e_per_s / 1000.0,
+                })
+                .to_vec(),
             lone: report(500.0, 3_000, &[]),
             open_loop: report(15_000.0, 20_000, &[]),
             tenfold: report(28_000.0, 12_000, &[]),
@@ -783,6 +843,17 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("quorum spike: median"), "{text}");
+        assert!(
+            text.contains("client / its echo | 25,000 / 63,000 = **0.40** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "against the api: median of 3 trials, end-to-end likes/s 26,000 / 24,000 / 25,000; \
+                 counts exact in every trial; its client 25.0 µs per like (ours n/a)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -312,6 +312,73 @@ async fn check_echo_counts(
 /// `../shared/<tool>/run.sh ARGS`' median, when the tool is there (next to
 /// this workspace): `None` when it is not, or it failed (said on stderr).
 pub fn shared_ceiling(tool: &str, args: &[&str]) -> Option<f64> {
+    let (succeeded, stdout) = run_shared(tool, args)?;
+    if !succeeded {
+        return None;
+    }
+    stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("RESULT"))
+        .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+}
+
+/// One run of `../shared/grpc-ceiling/run.sh spike` against a service: the
+/// shared tool's own load client, the one its echo ceiling is measured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedSpike {
+    /// Likes answered OK over first send to every count matching.
+    pub e2e_per_s: f64,
+    /// Every post's count equalled the Likes answered OK for it.
+    pub counts_exact: bool,
+    /// The client's own CPU per Like, microseconds.
+    pub client_us_per_like: f64,
+}
+
+/// The shared tool's spike (64 callers over 8 connections, 90% on one of
+/// 1000 posts, like ours) of `likes` Likes against the api at `target`;
+/// `None` when the tool is not there or did not report.
+pub fn shared_spike(target: &str, likes: u64, run_id: &str) -> Option<SharedSpike> {
+    #[derive(Deserialize)]
+    struct Line {
+        e2e_per_s: f64,
+        counts_exact: bool,
+        ok: f64,
+        probe_cpu_s: f64,
+    }
+    let likes = likes.to_string();
+    let args = [
+        "spike",
+        "--target",
+        target,
+        "--likes",
+        &likes,
+        "--concurrency",
+        "64",
+        "--connections",
+        "8",
+        "--hot-fraction",
+        "0.9",
+        "--posts",
+        "1000",
+        "--run-id",
+        run_id,
+    ];
+    // Exit 1 says the counts were not exact; the line still tells the rest.
+    let (_, stdout) = run_shared("grpc-ceiling", &args)?;
+    let line: Line = stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())?;
+    Some(SharedSpike {
+        e2e_per_s: line.e2e_per_s,
+        counts_exact: line.counts_exact,
+        client_us_per_like: line.probe_cpu_s * 1e6 / line.ok.max(1.0),
+    })
+}
+
+/// Runs `../shared/<tool>/run.sh ARGS`: whether it exited 0, and its stdout;
+/// `None` when the tool is not there or could not be started.
+fn run_shared(tool: &str, args: &[&str]) -> Option<(bool, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared")
         .join(tool);
@@ -328,23 +395,21 @@ pub fn shared_ceiling(tool: &str, args: &[&str]) -> Option<f64> {
         .env_remove("RUSTFLAGS")
         .stderr(Stdio::inherit())
         .output();
-    let stdout = match output {
-        Ok(output) if output.status.success() => {
-            String::from_utf8_lossy(&output.stdout).into_owned()
-        }
+    match output {
         Ok(output) => {
-            eprintln!("  cross-check {tool} failed: {}", output.status);
-            return None;
+            if !output.status.success() {
+                eprintln!("  cross-check {tool} exited with {}", output.status);
+            }
+            Some((
+                output.status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+            ))
         }
         Err(error) => {
             eprintln!("  cross-check {tool} failed: {error}");
-            return None;
+            None
         }
-    };
-    stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("RESULT"))
-        .and_then(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+    }
 }
 
 #[cfg(test)]
