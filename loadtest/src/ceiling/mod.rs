@@ -338,13 +338,6 @@ pub struct SharedSpike {
 /// 1000 posts, like ours) of `likes` Likes against the api at `target`;
 /// `None` when the tool is not there or did not report.
 pub fn shared_spike(target: &str, likes: u64, run_id: &str) -> Option<SharedSpike> {
-    #[derive(Deserialize)]
-    struct Line {
-        e2e_per_s: f64,
-        counts_exact: bool,
-        ok: f64,
-        probe_cpu_s: f64,
-    }
     let likes = likes.to_string();
     let args = [
         "spike",
@@ -365,6 +358,18 @@ pub fn shared_spike(target: &str, likes: u64, run_id: &str) -> Option<SharedSpik
     ];
     // Exit 1 says the counts were not exact; the line still tells the rest.
     let (_, stdout) = run_shared("grpc-ceiling", &args)?;
+    parse_shared_spike(&stdout)
+}
+
+/// The last JSON line of the shared tool's `spike` output.
+fn parse_shared_spike(stdout: &str) -> Option<SharedSpike> {
+    #[derive(Deserialize)]
+    struct Line {
+        e2e_per_s: f64,
+        counts_exact: bool,
+        ok: f64,
+        probe_cpu_s: f64,
+    }
     let line: Line = stdout
         .lines()
         .rev()
@@ -415,6 +420,24 @@ fn run_shared(tool: &str, args: &[&str]) -> Option<(bool, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shared_spike_is_read_from_its_last_json_line() {
+        // As `../shared/grpc-ceiling/run.sh spike --target` printed it.
+        let stdout = "warming up\n{\"mode\":\"spike\",\"likes\":100000,\"ok\":100000,\
+            \"errors\":{},\"accepted_per_s\":17305.6,\"p50_ms\":3.399,\"p99_ms\":9.335,\
+            \"e2e_per_s\":16993.3,\"drain_s\":0.111,\"counts_exact\":true,\
+            \"mismatched_posts\":0,\"probe_cpu_s\":2.68}\n";
+        assert_eq!(
+            parse_shared_spike(stdout),
+            Some(SharedSpike {
+                e2e_per_s: 16993.3,
+                counts_exact: true,
+                client_us_per_like: 26.8,
+            })
+        );
+        assert_eq!(parse_shared_spike("no json here\n"), None);
+    }
 
     #[test]
     fn the_median_trial_is_reported() {
