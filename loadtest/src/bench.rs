@@ -398,7 +398,12 @@ fn reports(r: &BenchResults) -> [(&'static str, &Report); 7] {
 }
 
 fn all_passed(r: &BenchResults) -> bool {
-    reports(r).iter().all(|(_, report)| report.passed())
+    reports(r).iter().all(|(_, report)| report.passed()) && shared_counts_exact(r)
+}
+
+/// The shared tool's client found every count exact (or did not run).
+fn shared_counts_exact(r: &BenchResults) -> bool {
+    r.shared_client_spikes.iter().all(|t| t.counts_exact)
 }
 
 /// A whole number with thousands separators: 12,345.
@@ -658,7 +663,7 @@ pub fn summary(r: &BenchResults) -> String {
             .iter()
             .map(|t| n(t.e2e_per_s))
             .collect();
-        let exact = r.shared_client_spikes.iter().all(|t| t.counts_exact);
+        let exact = shared_counts_exact(r);
         let _ = writeln!(
             s,
             "`../shared/grpc-ceiling spike` against the api: median of {} trials, end-to-end likes/s {}; counts {}; its client {:.1} µs per like (ours {})\n",
@@ -673,11 +678,14 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(cpu(&r.spike, "load generator").map(|us| format!("{us:.1} µs")))
         );
     }
-    let failed: Vec<&str> = reports(r)
+    let mut failed: Vec<&str> = reports(r)
         .iter()
         .filter(|(_, report)| !report.passed())
         .map(|(name, _)| *name)
         .collect();
+    if !shared_counts_exact(r) {
+        failed.push("the shared client's spike");
+    }
     let _ = writeln!(
         s,
         "verification: {}\n",
@@ -861,12 +869,17 @@ mod tests {
         let mut r = results();
         r.spike_likes_per_message = None;
         r.quorum.pipeline.verification.missing = 3;
+        r.shared_client_spikes[1].counts_exact = false;
         let text = summary(&r);
         assert!(
             text.contains("likes per broker message during the spike | **n/a**"),
             "{text}"
         );
-        assert!(text.contains("verification: FAILED in quorum"), "{text}");
+        assert!(
+            text.contains("verification: FAILED in quorum, the shared client's spike"),
+            "{text}"
+        );
+        assert!(text.contains("counts NOT exact"), "{text}");
         assert!(!all_passed(&r));
         let json = serde_json::to_string(&r).expect("serializable");
         let back: BenchResults = serde_json::from_str(&json).expect("the report type reads back");
