@@ -497,15 +497,6 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(shared_ratio.map(|x| format!("{x:.2}"))),
             verdict(shared_ratio.map(|x| x >= 0.45), "below")
         );
-        if let Some(theirs) = median_shared_spike(&r.shared_client_spikes) {
-            let _ = writeln!(
-                s,
-                "| 1 | like for like: the same spike from that tool's client / its echo | {} / {} = **{:.2}** | | |",
-                n(theirs.e2e_per_s),
-                n(shared),
-                theirs.e2e_per_s / shared
-            );
-        }
     }
     for (label, pipe) in [
         ("packed pipe", &r.packed_pipe),
@@ -517,6 +508,18 @@ pub fn summary(r: &BenchResults) -> String {
             pipe.case,
             n(pipe.per_s),
             or_na(ratio(pipe).map(|x| format!("{x:.2}")))
+        );
+    }
+    if let (Some(theirs), Some(shared)) = (
+        median_shared_spike(&r.shared_client_spikes),
+        r.echo.shared_per_s,
+    ) {
+        let _ = writeln!(
+            s,
+            "| 1 | like for like: the same spike from `../shared/grpc-ceiling`'s client / its echo | {} / {} = **{:.2}** | | |",
+            n(theirs.e2e_per_s),
+            n(shared),
+            theirs.e2e_per_s / shared
         );
     }
     let _ = writeln!(
@@ -852,7 +855,7 @@ mod tests {
         );
         assert!(!text.contains("quorum spike: median"), "{text}");
         assert!(
-            text.contains("client / its echo | 25,000 / 63,000 = **0.40** |"),
+            text.contains("grpc-ceiling`'s client / its echo | 25,000 / 63,000 = **0.40** |"),
             "{text}"
         );
         assert!(
