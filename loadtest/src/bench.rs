@@ -251,7 +251,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         .then(|| ceiling::shared_ceiling("grpc-ceiling", &[]))
         .flatten();
     eprintln!("== ceiling: grpc-echo");
-    let mut echo = ceiling::measure_grpc(&GrpcOptions {
+    // The default spike's shape (the load test's defaults), for the echo and
+    // for the shared client's spike against the api.
+    let spike_shape = GrpcOptions {
         likes: spike_likes,
         concurrency: 64,
         per_connection: 8,
@@ -259,8 +261,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         posts: 1000,
         trials,
         bin_dir: Some(bin_dir.clone()),
-    })
-    .await?;
+    };
+    let mut echo = ceiling::measure_grpc(&spike_shape).await?;
     echo.shared_per_s = shared_echo;
     eprintln!("{}", echo.result_line());
 
@@ -272,7 +274,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         eprintln!("== cross-check: ../shared/grpc-ceiling spike against the api");
         for trial in 1..=trials {
             let run_id = format!("bench-{}-{trial}", std::process::id());
-            if let Some(spike) = ceiling::shared_spike(&services.api_addr(), spike_likes, &run_id) {
+            if let Some(spike) = ceiling::shared_spike(&services.api_addr(), &spike_shape, &run_id)
+            {
                 shared_client_spikes.push(spike);
             }
         }
@@ -510,10 +513,8 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(ratio(pipe).map(|x| format!("{x:.2}")))
         );
     }
-    if let (Some(theirs), Some(shared)) = (
-        median_shared_spike(&r.shared_client_spikes),
-        r.echo.shared_per_s,
-    ) {
+    let theirs = median_shared_spike(&r.shared_client_spikes);
+    if let (Some(theirs), Some(shared)) = (theirs, r.echo.shared_per_s) {
         let _ = writeln!(
             s,
             "| 1 | like for like: the same spike from `../shared/grpc-ceiling`'s client / its echo | {} / {} = **{:.2}** | | |",
@@ -660,7 +661,7 @@ pub fn summary(r: &BenchResults) -> String {
             );
         }
     }
-    if let Some(theirs) = median_shared_spike(&r.shared_client_spikes) {
+    if let Some(theirs) = theirs {
         let rates: Vec<String> = r
             .shared_client_spikes
             .iter()

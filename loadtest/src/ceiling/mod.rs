@@ -87,6 +87,11 @@ pub struct GrpcOptions {
     pub bin_dir: Option<PathBuf>,
 }
 
+/// HTTP/2 connections of a spike: its callers, `per_connection` to each.
+fn connections(options: &GrpcOptions) -> usize {
+    options.concurrency.div_ceil(options.per_connection) as usize
+}
+
 /// One ceiling, measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ceiling {
@@ -239,7 +244,7 @@ pub async fn measure_grpc(options: &GrpcOptions) -> anyhow::Result<Ceiling> {
         None => own_bin_dir()?,
     };
     let echo = EchoProcess::start(&bin_dir)?;
-    let connections = options.concurrency.div_ceil(options.per_connection) as usize;
+    let connections = connections(options);
     let mut results = Vec::new();
     for trial in 1..=options.trials {
         let workload = Workload {
@@ -334,11 +339,16 @@ pub struct SharedSpike {
     pub client_us_per_like: f64,
 }
 
-/// The shared tool's spike (64 callers over 8 connections, 90% on one of
-/// 1000 posts, like ours) of `likes` Likes against the api at `target`;
-/// `None` when the tool is not there or did not report.
-pub fn shared_spike(target: &str, likes: u64, run_id: &str) -> Option<SharedSpike> {
-    let likes = likes.to_string();
+/// The shared tool's spike against the api at `target`, of the shape of
+/// `spike` (its likes, callers, connections, hot fraction and posts: the
+/// shape of our echo ceiling and our spike); `None` when the tool is not
+/// there or did not report.
+pub fn shared_spike(target: &str, spike: &GrpcOptions, run_id: &str) -> Option<SharedSpike> {
+    let likes = spike.likes.to_string();
+    let concurrency = spike.concurrency.to_string();
+    let connections = connections(spike).to_string();
+    let hot_fraction = spike.hot_fraction.to_string();
+    let posts = spike.posts.to_string();
     let args = [
         "spike",
         "--target",
@@ -346,13 +356,13 @@ pub fn shared_spike(target: &str, likes: u64, run_id: &str) -> Option<SharedSpik
         "--likes",
         &likes,
         "--concurrency",
-        "64",
+        &concurrency,
         "--connections",
-        "8",
+        &connections,
         "--hot-fraction",
-        "0.9",
+        &hot_fraction,
         "--posts",
-        "1000",
+        &posts,
         "--run-id",
         run_id,
     ];
