@@ -170,16 +170,11 @@ async fn spikes(
         .iter()
         .map(|(report, _)| rate(report).unwrap_or(0.0))
         .collect();
-    let chosen = match runs.iter().position(|(report, _)| !report.passed()) {
-        Some(failed) => failed,
-        None => {
-            runs.sort_by(|(a, _), (b, _)| {
-                rate(a).unwrap_or(0.0).total_cmp(&rate(b).unwrap_or(0.0))
-            });
-            runs.len() / 2
-        }
+    let (report, likes_per_message) = match runs.iter().position(|(report, _)| !report.passed()) {
+        Some(failed) => runs.swap_remove(failed),
+        None => ceiling::median_by(runs, |(report, _)| rate(report).unwrap_or(0.0))
+            .expect("at least one trial ran"),
     };
-    let (report, likes_per_message) = runs.swap_remove(chosen);
     Ok((report, likes_per_message, rates))
 }
 
@@ -451,13 +446,6 @@ fn verdict(met: Option<bool>, word: &str) -> &str {
     }
 }
 
-/// The median trial of the shared tool's spike, by end-to-end rate.
-fn median_shared_spike(trials: &[SharedSpike]) -> Option<&SharedSpike> {
-    let mut sorted: Vec<&SharedSpike> = trials.iter().collect();
-    sorted.sort_by(|a, b| a.e2e_per_s.total_cmp(&b.e2e_per_s));
-    sorted.get(sorted.len() / 2).copied()
-}
-
 /// The markdown summary of a run: the bar of BENCHMARKS.md, then the
 /// ceilings with the shared tools' figures beside them.
 pub fn summary(r: &BenchResults) -> String {
@@ -513,7 +501,7 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(ratio(pipe).map(|x| format!("{x:.2}")))
         );
     }
-    let theirs = median_shared_spike(&r.shared_client_spikes);
+    let theirs = ceiling::median_by(&r.shared_client_spikes, |t| t.e2e_per_s);
     if let (Some(theirs), Some(shared)) = (theirs, r.echo.shared_per_s) {
         let _ = writeln!(
             s,

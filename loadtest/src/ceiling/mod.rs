@@ -92,6 +92,15 @@ fn connections(options: &GrpcOptions) -> usize {
     options.concurrency.div_ceil(options.per_connection) as usize
 }
 
+/// The middle one of `items` by `rate` (of an even count, the upper of the
+/// two middle ones); `None` when there are none.
+pub fn median_by<T>(items: impl IntoIterator<Item = T>, rate: impl Fn(&T) -> f64) -> Option<T> {
+    let mut sorted: Vec<T> = items.into_iter().collect();
+    sorted.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
+    let middle = sorted.len() / 2;
+    (middle < sorted.len()).then(|| sorted.swap_remove(middle))
+}
+
 /// One ceiling, measured.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ceiling {
@@ -447,6 +456,13 @@ mod tests {
             })
         );
         assert_eq!(parse_shared_spike("no json here\n"), None);
+    }
+
+    #[test]
+    fn the_median_is_the_middle_by_rate_or_the_upper_middle() {
+        assert_eq!(median_by([3.0, 1.0, 2.0], |x| *x), Some(2.0));
+        assert_eq!(median_by([4.0, 1.0, 3.0, 2.0], |x| *x), Some(3.0));
+        assert_eq!(median_by(Vec::<f64>::new(), |x| *x), None);
     }
 
     #[test]
