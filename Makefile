@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch
+.PHONY: run test up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch bench-amqp-clients
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -90,6 +90,11 @@ check-compose: tools
 ## and config/default.toml (loadtest/tests/it/k8s.rs; part of make test too).
 check-k8s: tools
 	$(CARGO) test --locked -p likes-loadtest --test it k8s::
+
+## lapin against amqprs in a publish-confirm loop (experiments/amqp-client-rounds,
+## a crate outside the workspace; ~2 min).
+bench-amqp-clients: services
+	experiments/amqp-client-rounds/run.sh
 
 ## The performance bar of BENCHMARKS.md, with its ceilings, from one run
 ## (~15 min; ARGS="--quick" for a shortened check). Results in target/bench/.
