@@ -121,7 +121,12 @@ impl From<ApiError> for Status {
                 RETRY_AFTER_OVERLOAD,
             ),
             ApiError::Publish(publish) => {
-                tracing::warn!(error = %publish, "publish failed");
+                // A blocked link is logged once, when it blocks, not per call.
+                if matches!(publish, PublishError::Blocked(_)) {
+                    tracing::debug!(error = %publish, "publish refused");
+                } else {
+                    tracing::warn!(error = %publish, "publish failed");
+                }
                 retryable(
                     Code::Unavailable,
                     format!(
@@ -184,6 +189,7 @@ fn id_error_reason(error: &IdError) -> &'static str {
 fn publish_error_reason(error: &PublishError) -> &'static str {
     match error {
         PublishError::NotConnected | PublishError::Broker(_) => "BROKER_UNREACHABLE",
+        PublishError::Blocked(_) => "BROKER_BLOCKED",
         PublishError::ConfirmTimeout(_) => "BROKER_CONFIRM_TIMEOUT",
         PublishError::Nacked => "BROKER_REFUSED",
         PublishError::Unroutable(_) | PublishError::Topology(_) => "QUEUE_MISSING",

@@ -24,7 +24,7 @@ use likes_common::config::ApiSettings;
 use likes_common::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
 use protocol::GrpcOnlyLayer;
-use publisher::{Packing, Publisher};
+use publisher::{LinkState, LinkStatus, Packing, Publisher};
 use service::LikeApi;
 use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
@@ -110,7 +110,7 @@ impl Application {
         tokio::spawn(report_health(
             health.clone(),
             Arc::clone(&readiness),
-            self.publisher.connected(),
+            self.publisher.subscribe(),
             shutdown.clone(),
         ));
         likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
@@ -277,30 +277,39 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// SERVING and ready while the broker link is up, NOT_SERVING and not ready
-/// while it is down or the server is stopping: Like cannot succeed without
-/// the broker. The only writer of `readiness`, so "stopping" is final.
+/// SERVING and ready while the broker link is up and unblocked,
+/// NOT_SERVING and not ready (with the reason) while it is down or blocked
+/// or the server is stopping: Like cannot succeed without the broker. The
+/// only writer of `readiness`, so "stopping" is final.
 async fn report_health(
     health: HealthReporter,
     readiness: Arc<ReadinessReporter>,
-    mut connected: tokio::sync::watch::Receiver<bool>,
+    mut link: tokio::sync::watch::Receiver<LinkState>,
     shutdown: CancellationToken,
 ) {
     loop {
-        if *connected.borrow_and_update() {
-            readiness.ready();
-            health.set_serving::<LikeServiceServer<LikeApi>>().await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
-        } else {
-            readiness.not_ready("not connected to RabbitMQ");
-            set_not_serving(&health).await;
+        let status = link.borrow_and_update().status();
+        match status {
+            LinkStatus::Up => {
+                readiness.ready();
+                health.set_serving::<LikeServiceServer<LikeApi>>().await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+            }
+            LinkStatus::Down => {
+                readiness.not_ready("not connected to RabbitMQ");
+                set_not_serving(&health).await;
+            }
+            LinkStatus::Blocked(reason) => {
+                readiness.not_ready(&format!("RabbitMQ blocks publishing ({reason})"));
+                set_not_serving(&health).await;
+            }
         }
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            changed = connected.changed() => if changed.is_err() { break },
+            changed = link.changed() => if changed.is_err() { break },
         }
     }
     readiness.not_ready("stopping");

@@ -1,59 +1,46 @@
 //! Publishes like events to RabbitMQ, many per message, and answers each
 //! caller once the broker confirmed the message that carries its event.
 //!
-//! One persistent message per like makes the broker the wall: it pays its
-//! per-message cost (a queue write, a confirm, a delivery, an ack) for every
-//! like. So the api packs: Like and Unlike hand their event to a packer task,
-//! which publishes one `LikeEventBatch` envelope holding every event that is
-//! waiting (up to `api.max_events_per_message` events and
-//! `api.max_message_bytes` bytes) and keeps at most
-//! `api.unconfirmed_per_channel` messages unconfirmed on each of the
-//! `api.publish_channels` confirm channels. While those wait for the broker,
-//! new events collect for the next message. This is group commit with no
-//! timer: a lone Like on an idle service is published at once, and under load
-//! each message carries what arrived during the previous confirm.
+//! Like and Unlike hand their event to a packer task, which publishes every
+//! event waiting as one `LikeEventBatch` envelope while a lane (an
+//! unconfirmed slot on a confirm channel) is free: group commit with no
+//! timer, so a lone Like is published at once and under load each message
+//! carries what arrived during the previous confirm. The broker's per-message
+//! cost, not its per-like cost, is then what a spike pays.
 //!
-//! Every event keeps its own id and time (last-writer-wins and idempotency
-//! downstream do not care how events were packed). A caller is answered OK
-//! only after the broker acked the message holding its event; a nack, a
-//! return (unroutable), a lost connection or the confirm timeout answers
-//! every caller of that message with an error, never OK. A caller that gave
-//! up before its event was packed (its deadline passed) is left out of the
-//! next message. Events waiting are bounded by the api's admission limit
-//! (`api.max_concurrent_requests`): one per call in flight.
+//! A caller is answered OK only after the broker acked its message; a nack,
+//! a return, a lost or blocked connection, or the confirm timeout (counted
+//! from the call, not from its message) answers it with an error. A caller
+//! that gave up is left out of any later message. A supervisor keeps the
+//! link up: it reconnects with backoff and replaces a link that broke or
+//! that the broker refused on ([`Link`]); the link's state lives in one
+//! `watch` ([`LinkState`]) that callers and the health service read.
 //!
-//! A supervisor task owns the connection: it connects with capped
-//! exponential backoff, declares the topology, and replaces the link (and its
-//! packer) when the connection or a channel dies, or the broker refused a
-//! message on it (see [`Link`]). Meanwhile `publish` fails
-//! at once with [`PublishError::NotConnected`] (UNAVAILABLE to the caller),
-//! and [`Publisher::connected`] reports the state for the health service.
-//!
-//! With tracing on (`telemetry.otlp_endpoint`), each call's span context
-//! rides with its event to the packer, and a message carrying traced calls
-//! is published in a `publish` span: a child of its first traced call,
-//! linked to the others (bounded by `otel::MAX_LINKS`), whose W3C context
-//! goes into the message's headers for the worker. With tracing off none
-//! of this happens: no context, no span, no header.
+//! With tracing on, a message carrying traced calls is published in a
+//! `publish` span linked to them, whose context rides in its headers.
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use likes_common::config::{AmqpSettings, ApiSettings};
 use likes_common::telemetry::otel::{self, Context};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
-    Channel, Connection, PublishError, backoff::Reconnect, codec, publish_confirmed,
+    Channel, Connection, ConnectionEvent, PublishError, backoff::Reconnect, codec,
+    publish_confirmed,
 };
 use std::{
     collections::VecDeque,
     sync::{
-        Arc, RwLock,
+        Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::TaskTracker,
+};
 use tracing::Instrument;
 
 /// How often the supervisor checks that the link is still up.
@@ -65,6 +52,11 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// per message.
 const REFUSED_LINK_MIN_AGE: Duration = Duration::from_secs(1);
 
+/// How long closing a link may take. A blocked connection sends nothing,
+/// not even its close, so an unbounded close would hold a shutdown until
+/// the broker's alarm cleared; past this the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How messages are packed, from the api settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Packing {
@@ -74,6 +66,8 @@ pub struct Packing {
     pub unconfirmed_per_channel: usize,
     pub max_events: usize,
     pub max_bytes: usize,
+    /// How long a caller waits for its event's confirm, from the moment it
+    /// hands the event over; also the most a message holds its lane.
     pub confirm_timeout: Duration,
 }
 
@@ -129,13 +123,44 @@ impl PublishStats {
     }
 }
 
+/// The current link and whether the broker blocks it: the one place the
+/// publisher keeps its link's state. Callers read it to publish, the
+/// health service follows it.
+#[derive(Debug, Clone, Default)]
+pub struct LinkState {
+    link: Option<Arc<Link>>,
+    /// The broker's reason, while it blocks the current link.
+    blocked: Option<Arc<str>>,
+}
+
+/// Where the link stands, for health reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    Up,
+    Down,
+    /// Connected, but the broker reads nothing from it (a resource alarm).
+    Blocked(Arc<str>),
+}
+
+impl LinkState {
+    pub fn status(&self) -> LinkStatus {
+        match (&self.link, &self.blocked) {
+            (None, _) => LinkStatus::Down,
+            (Some(_), Some(reason)) => LinkStatus::Blocked(Arc::clone(reason)),
+            (Some(_), None) => LinkStatus::Up,
+        }
+    }
+}
+
 /// The api's link to RabbitMQ, kept up by a supervisor task.
 #[derive(Debug)]
 pub struct Publisher {
-    link: RwLock<Option<Arc<Link>>>,
+    state: watch::Sender<LinkState>,
     broken: Arc<Notify>,
-    connected: watch::Sender<bool>,
     stats: Arc<PublishStats>,
+    confirm_timeout: Duration,
+    /// The supervisor, each link's packer and event follower.
+    tasks: TaskTracker,
 }
 
 impl Publisher {
@@ -146,17 +171,18 @@ impl Publisher {
         packing: Packing,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, PublishError> {
-        let broken = Arc::new(Notify::new());
-        let stats = Arc::new(PublishStats::default());
-        let link = Link::open(&settings, packing, &broken, &stats).await?;
         let publisher = Arc::new(Self {
-            link: RwLock::new(Some(Arc::new(link))),
-            broken,
-            connected: watch::Sender::new(true),
-            stats,
+            state: watch::Sender::new(LinkState::default()),
+            broken: Arc::new(Notify::new()),
+            stats: Arc::new(PublishStats::default()),
+            confirm_timeout: packing.confirm_timeout,
+            tasks: TaskTracker::new(),
         });
-        metrics::gauge!("likes_amqp_connected", "role" => "api").set(1.0);
-        tokio::spawn(Arc::clone(&publisher).supervise(settings, packing, shutdown));
+        let link = publisher.open(&settings, packing).await?;
+        publisher.replace(Some(link));
+        publisher
+            .tasks
+            .spawn(Arc::clone(&publisher).supervise(settings, packing, shutdown));
         Ok(publisher)
     }
 
@@ -165,15 +191,25 @@ impl Publisher {
         Arc::clone(&self.stats)
     }
 
-    /// Follows the connection state: `true` while publishing can succeed.
-    pub fn connected(&self) -> watch::Receiver<bool> {
-        self.connected.subscribe()
+    /// Follows the link's state.
+    pub fn subscribe(&self) -> watch::Receiver<LinkState> {
+        self.state.subscribe()
     }
 
     /// Queues `event` for the next message and returns once the broker
-    /// confirmed the message that carries it.
+    /// confirmed the message that carries it; or, at the latest, once the
+    /// confirm timeout has passed since this call, whatever was in flight
+    /// before it. A blocked link fails the call at once, and so does a link
+    /// that becomes blocked while the call waits.
     pub async fn publish(&self, event: LikeEvent) -> Result<(), PublishError> {
-        let link = self.current().ok_or(PublishError::NotConnected)?;
+        let mut state = self.state.subscribe();
+        let link = {
+            let current = state.borrow_and_update();
+            if let Some(reason) = &current.blocked {
+                return Err(PublishError::Blocked(reason.to_string()));
+            }
+            current.link.clone().ok_or(PublishError::NotConnected)?
+        };
         let (answer, answered) = oneshot::channel();
         let trace = otel::current();
         link.events
@@ -184,30 +220,123 @@ impl Publisher {
             })
             .map_err(|_| PublishError::NotConnected)?;
         drop(link);
-        // A packer that ended without answering lost its link.
-        answered.await.unwrap_or(Err(PublishError::NotConnected))
+        // Whichever comes first; leaving drops `answered`, so an event not
+        // yet packed is left out of the next message.
+        tokio::select! {
+            biased;
+            // A packer that ended without answering lost its link.
+            answer = answered => answer.unwrap_or(Err(PublishError::NotConnected)),
+            reason = blocked(&mut state) => Err(PublishError::Blocked(reason)),
+            () = tokio::time::sleep(self.confirm_timeout) => {
+                Err(PublishError::ConfirmTimeout(self.confirm_timeout))
+            }
+        }
     }
 
-    fn current(&self) -> Option<Arc<Link>> {
-        self.link
-            .read()
-            .expect("the link lock is never held across a panic")
-            .clone()
-    }
-
+    /// Installs `link` (or none), unblocked, and updates the gauges.
     fn replace(&self, link: Option<Arc<Link>>) -> Option<Arc<Link>> {
         let connected = link.is_some();
-        let old = std::mem::replace(
-            &mut *self
-                .link
-                .write()
-                .expect("the link lock is never held across a panic"),
+        let old = self.state.send_replace(LinkState {
             link,
-        );
-        self.connected.send_replace(connected);
+            blocked: None,
+        });
         metrics::gauge!("likes_amqp_connected", "role" => "api")
             .set(f64::from(u8::from(connected)));
-        old
+        metrics::gauge!("likes_amqp_blocked").set(0.0);
+        old.link
+    }
+
+    /// Records that the broker blocked (`Some(reason)`) or unblocked the
+    /// link `id`, if it is still the current one.
+    fn set_blocked(&self, id: u64, blocked: Option<Arc<str>>) {
+        let changed = self.state.send_if_modified(|state| {
+            let current = state.link.as_ref().is_some_and(|link| link.id == id);
+            if current && state.blocked != blocked {
+                state.blocked.clone_from(&blocked);
+                return true;
+            }
+            false
+        });
+        if changed {
+            metrics::gauge!("likes_amqp_blocked").set(f64::from(u8::from(blocked.is_some())));
+        }
+    }
+
+    async fn open(
+        self: &Arc<Self>,
+        settings: &AmqpSettings,
+        packing: Packing,
+    ) -> Result<Arc<Link>, PublishError> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let connection = likes_queue::connect(settings, "likes-api").await?;
+        let events = likes_queue::connection_events(&connection);
+        let mut channels = Vec::with_capacity(packing.channels);
+        for _ in 0..packing.channels {
+            channels.push(likes_queue::confirm_channel(&connection).await?);
+        }
+        likes_queue::declare_topology(&connection, settings).await?;
+        let (sender, waiting) = mpsc::unbounded_channel();
+        let refused = Arc::new(AtomicBool::new(false));
+        let sink = BrokerSink {
+            channels: channels.clone(),
+            queues: likes_queue::event_queues(settings),
+            broken: Arc::clone(&self.broken),
+            refused: Arc::clone(&refused),
+        };
+        self.tasks.spawn(pack(
+            waiting,
+            packing,
+            Arc::clone(&self.stats),
+            move |lane, shard, events, calls| sink.publish(lane, shard, events, calls),
+        ));
+        let closed = CancellationToken::new();
+        self.tasks
+            .spawn(Arc::clone(self).follow(id, events, closed.clone()));
+        Ok(Arc::new(Link {
+            id,
+            connection,
+            channels,
+            refused,
+            opened: Instant::now(),
+            events: sender,
+            _closed: closed.drop_guard(),
+        }))
+    }
+
+    /// Follows what the broker says about link `id` until it is dropped:
+    /// blocked and unblocked into the state, a failure to the supervisor.
+    async fn follow(
+        self: Arc<Self>,
+        id: u64,
+        mut events: impl futures_util::Stream<Item = ConnectionEvent> + Unpin,
+        closed: CancellationToken,
+    ) {
+        loop {
+            let event = tokio::select! {
+                () = closed.cancelled() => return,
+                event = events.next() => event,
+            };
+            match event {
+                None => return,
+                Some(ConnectionEvent::Blocked(reason)) => {
+                    tracing::warn!(
+                        %reason,
+                        "RabbitMQ blocks publishing (a resource alarm): Likes are answered \
+                         UNAVAILABLE until it unblocks"
+                    );
+                    self.set_blocked(id, Some(reason.into()));
+                }
+                Some(ConnectionEvent::Unblocked) => {
+                    tracing::info!("RabbitMQ unblocked publishing");
+                    self.set_blocked(id, None);
+                }
+                Some(ConnectionEvent::Failed(error)) => {
+                    tracing::debug!(%error, "the RabbitMQ connection failed");
+                    self.broken.notify_one();
+                }
+            }
+        }
     }
 
     /// Watches the link; when it breaks, drops it and reconnects with capped
@@ -221,7 +350,12 @@ impl Publisher {
         loop {
             // Wait for the current link to break.
             loop {
-                let up = self.current().is_some_and(|link| link.is_up());
+                let up = self
+                    .state
+                    .borrow()
+                    .link
+                    .as_ref()
+                    .is_some_and(|link| link.is_up());
                 if !up {
                     break;
                 }
@@ -241,9 +375,9 @@ impl Publisher {
             }
             let mut backoff = Reconnect::new();
             loop {
-                match Link::open(&settings, packing, &self.broken, &self.stats).await {
+                match self.open(&settings, packing).await {
                     Ok(link) => {
-                        self.replace(Some(Arc::new(link)));
+                        self.replace(Some(link));
                         metrics::counter!("likes_amqp_reconnects_total", "role" => "api")
                             .increment(1);
                         tracing::info!("reconnected to RabbitMQ");
@@ -262,12 +396,36 @@ impl Publisher {
         }
     }
 
-    /// Closes the link; the calls in flight must have been answered before
-    /// this is called (the server drains them first).
+    /// Closes the link and lets the publisher's tasks end; `stop` (the
+    /// token `start` was given) must be cancelled, and the calls in flight
+    /// answered, before this is called (the server drains them first). Each
+    /// step takes at most [`CLOSE_TIMEOUT`]: a packer may still wait for
+    /// confirms of messages whose callers have all been answered, and
+    /// nobody needs those.
     pub async fn close(&self) {
         if let Some(link) = self.replace(None) {
             link.close().await;
         }
+        self.tasks.close();
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("leaving publisher tasks that wait for unneeded confirms");
+        }
+    }
+}
+
+/// The broker's reason once the link in `state` is blocked; never if the
+/// publisher is gone.
+async fn blocked(state: &mut watch::Receiver<LinkState>) -> String {
+    let reason = match state.wait_for(|state| state.blocked.is_some()).await {
+        Ok(state) => state.blocked.as_deref().map(str::to_owned),
+        Err(_closed) => None,
+    };
+    match reason {
+        Some(reason) => reason,
+        None => std::future::pending().await,
     }
 }
 
@@ -280,6 +438,7 @@ impl Publisher {
 /// the leader was. So a refused link is replaced, like a broken one.
 #[derive(Debug)]
 struct Link {
+    id: u64,
     connection: Connection,
     channels: Vec<Channel>,
     /// Set when the broker nacked a message published on this link.
@@ -288,44 +447,11 @@ struct Link {
     /// To the packer; when the last link handle is dropped, the packer
     /// publishes what is left, waits for its confirms and ends.
     events: mpsc::UnboundedSender<Pending>,
+    /// Ends the link's event follower when the link is dropped.
+    _closed: DropGuard,
 }
 
 impl Link {
-    async fn open(
-        settings: &AmqpSettings,
-        packing: Packing,
-        broken: &Arc<Notify>,
-        stats: &Arc<PublishStats>,
-    ) -> Result<Self, PublishError> {
-        let connection = likes_queue::connect(settings, "likes-api").await?;
-        let mut channels = Vec::with_capacity(packing.channels);
-        for _ in 0..packing.channels {
-            channels.push(likes_queue::confirm_channel(&connection).await?);
-        }
-        likes_queue::declare_topology(&connection, settings).await?;
-        let (events, waiting) = mpsc::unbounded_channel();
-        let refused = Arc::new(AtomicBool::new(false));
-        let sink = BrokerSink {
-            channels: channels.clone(),
-            queues: likes_queue::event_queues(settings),
-            broken: Arc::clone(broken),
-            refused: Arc::clone(&refused),
-        };
-        tokio::spawn(pack(
-            waiting,
-            packing,
-            Arc::clone(stats),
-            move |lane, shard, events, calls| sink.publish(lane, shard, events, calls),
-        ));
-        Ok(Self {
-            connection,
-            channels,
-            refused,
-            opened: Instant::now(),
-            events,
-        })
-    }
-
     fn is_up(&self) -> bool {
         let condemned = self.was_refused() && self.opened.elapsed() >= REFUSED_LINK_MIN_AGE;
         !condemned
@@ -338,11 +464,18 @@ impl Link {
     }
 
     async fn close(&self) {
-        for channel in &self.channels {
-            let _ = channel.close(200, "shutdown".into()).await;
-        }
-        if let Err(error) = self.connection.close(200, "shutdown".into()).await {
-            tracing::debug!(%error, "closing the AMQP connection");
+        let closing = async {
+            for channel in &self.channels {
+                let _ = channel.close(200, "shutdown".into()).await;
+            }
+            self.connection.close(200, "shutdown".into()).await
+        };
+        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "closing the AMQP connection"),
+            Err(_elapsed) => {
+                tracing::debug!("no answer to closing the AMQP connection; dropping it")
+            }
         }
     }
 }

@@ -18,6 +18,10 @@ use std::time::Duration;
 pub enum PublishError {
     #[error("not connected to the broker")]
     NotConnected,
+    /// The broker blocked the connection (`connection.blocked`: a memory or
+    /// disk alarm); it reads nothing from publishers until it unblocks.
+    #[error("the broker blocks publishing: {0}")]
+    Blocked(String),
     #[error("broker error: {0}")]
     Broker(#[from] lapin::Error),
     #[error("no publisher confirm within {0:?}")]
@@ -41,6 +45,7 @@ impl PublishError {
     pub fn caller_reason(&self) -> &'static str {
         match self {
             Self::NotConnected | Self::Broker(_) => "message broker unreachable",
+            Self::Blocked(_) => "message broker blocks publishing (resource alarm)",
             Self::ConfirmTimeout(_) => "message broker did not confirm in time",
             Self::Nacked => "message broker refused the message",
             Self::Unroutable(_) | Self::Topology(_) => "event queue missing",

@@ -26,6 +26,6 @@ pub mod topology;
 pub use confirm::{PublishError, confirm_channel, publish_confirmed};
 pub use lapin::{BasicProperties, Channel, Connection, message::Delivery, types::FieldTable};
 pub use topology::{
-    TopologyError, connect, declare_topology, delete_topology, event_queues, queue_consumers,
-    queue_depth, shard_of, shard_queue,
+    ConnectionEvent, TopologyError, connect, connection_events, declare_topology, delete_topology,
+    event_queues, queue_consumers, queue_depth, shard_of, shard_queue,
 };

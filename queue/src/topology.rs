@@ -66,6 +66,39 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> lapin::Result<Conne
     }))
 }
 
+/// What the broker says about a connection outside its channels' traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEvent {
+    /// `connection.blocked`: a memory or disk alarm; the broker reads
+    /// nothing more from this connection until it unblocks it. Sent once
+    /// the connection publishes during the alarm.
+    Blocked(String),
+    /// `connection.unblocked`: the alarm cleared.
+    Unblocked,
+    /// The connection failed (closed by the broker, socket lost, missed
+    /// heartbeats).
+    Failed(String),
+}
+
+/// The events of `connection` from now on (events before the call are not
+/// kept, so take it right after connecting).
+pub fn connection_events(
+    connection: &Connection,
+) -> impl futures_util::Stream<Item = ConnectionEvent> + Send + Unpin + 'static {
+    use futures_util::StreamExt;
+    connection
+        .events_listener()
+        .filter_map(|event| {
+            std::future::ready(match event {
+                lapin::Event::ConnectionBlocked(reason) => Some(ConnectionEvent::Blocked(reason)),
+                lapin::Event::ConnectionUnblocked => Some(ConnectionEvent::Unblocked),
+                lapin::Event::Error(error) => Some(ConnectionEvent::Failed(error.to_string())),
+                _ => None,
+            })
+        })
+        .boxed()
+}
+
 /// The URLs of `amqp.url`, split on commas.
 pub fn node_urls(urls: &str) -> impl Iterator<Item = &str> {
     urls.split(',').map(str::trim).filter(|url| !url.is_empty())

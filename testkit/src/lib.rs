@@ -122,6 +122,34 @@ impl TestEnv {
         .await
     }
 
+    /// Waits until the database holds exactly `expected` (see
+    /// [`verify::check_states`]), failing with the last difference found.
+    pub async fn wait_for_states(
+        &self,
+        expected: &[(String, String, verify::Expectation)],
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let pool = self.pool().await?;
+        let last = std::sync::Mutex::new(None);
+        let waited = eventually(
+            timeout,
+            "the database to hold what was answered",
+            || async {
+                let mut conn = likes_db::checkout(&pool).await?;
+                match verify::check_states(&mut conn, expected).await {
+                    Ok(()) => Ok(Some(())),
+                    Err(error) => {
+                        *last.lock().expect("never poisoned") = Some(error);
+                        Ok(None)
+                    }
+                }
+            },
+        )
+        .await;
+        let last = last.into_inner().expect("never poisoned");
+        waited.map_err(|timeout| last.unwrap_or(timeout))
+    }
+
     /// Waits until `post`'s counter reads exactly `likes`.
     pub async fn wait_for_count(
         &self,

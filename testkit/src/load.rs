@@ -260,3 +260,73 @@ pub async fn like_steadily(
         longest_wait: seen.longest_wait,
     })
 }
+
+/// One Like's answer and how long the caller waited for it.
+#[derive(Debug)]
+pub struct TimedAnswer {
+    pub pair: (String, String),
+    pub took: Duration,
+    pub answer: Result<(), tonic::Status>,
+}
+
+/// `callers` concurrent callers, each sending Likes one after another for
+/// `period`, and at least one (a new user each time, tagged by `run`, all on post `post`),
+/// each call with `deadline` as its `grpc-timeout`: every answer, and how
+/// long it took. For bounds on how long a caller can wait.
+pub async fn timed_likes(
+    client: &LikeServiceClient<Channel>,
+    run: &str,
+    post: &str,
+    callers: usize,
+    period: Duration,
+    deadline: Duration,
+) -> Vec<TimedAnswer> {
+    let until = Instant::now() + period;
+    let callers = (0..callers).map(|caller| {
+        let mut client = client.clone();
+        async move {
+            let mut answers = Vec::new();
+            loop {
+                let pair = (post.to_owned(), format!("{run}-{caller}-{}", answers.len()));
+                let mut request = tonic::Request::new(LikeRequest {
+                    post_id: pair.0.clone(),
+                    user_id: pair.1.clone(),
+                });
+                request.set_timeout(deadline);
+                let started = Instant::now();
+                let answer = client.like(request).await.map(|_| ());
+                answers.push(TimedAnswer {
+                    pair,
+                    took: started.elapsed(),
+                    answer,
+                });
+                if Instant::now() >= until {
+                    break answers;
+                }
+            }
+        }
+    });
+    futures_util::future::join_all(callers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// What the database must hold after `answers`: each pair answered OK
+/// liked, each other pair either way (a failed call may have been stored).
+pub fn expected_states(
+    answers: &[TimedAnswer],
+) -> Vec<(String, String, crate::verify::Expectation)> {
+    answers
+        .iter()
+        .map(|a| {
+            let expected = if a.answer.is_ok() {
+                crate::verify::Expectation::Liked
+            } else {
+                crate::verify::Expectation::Uncertain
+            };
+            (a.pair.0.clone(), a.pair.1.clone(), expected)
+        })
+        .collect()
+}

@@ -2,8 +2,9 @@
 //! sees: DEADLINE_EXCEEDED, never CANCELLED (tonic's own timer's answer).
 
 use crate::ONE_AT_A_TIME;
+use likes_common::config::SecretUrl;
 use likes_proto::pb::LikeRequest;
-use likes_testkit::{TestEnv, eventually, faults::MemoryAlarm, http2};
+use likes_testkit::{TestEnv, eventually, http2, proxy::FaultProxy};
 use prost::Message;
 use std::{net::SocketAddr, time::Duration};
 use tonic::Code;
@@ -40,10 +41,15 @@ async fn forty_likes_with_a_short_deadline(addr: SocketAddr) -> anyhow::Result<V
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn under_a_memory_alarm_every_passed_deadline_is_deadline_exceeded_and_a_shorter_confirm_timeout_unavailable()
+async fn while_the_broker_holds_confirms_every_passed_deadline_is_deadline_exceeded_and_a_shorter_confirm_timeout_unavailable()
 -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut env = TestEnv::new();
+    // The broker link runs through a proxy that can hold every byte: no
+    // confirm comes back, and the broker does not say why (a blocked
+    // connection would be answered at once instead).
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    env.settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
     env.settings.api.confirm_timeout_ms = 5_000;
     let waits_for_the_deadline = env.spawn_api().await?;
     let mut settings = env.settings.clone();
@@ -54,12 +60,12 @@ async fn under_a_memory_alarm_every_passed_deadline_is_deadline_exceeded_and_a_s
         crate::like(&mut client, "warm").await?;
     }
 
-    let alarm = MemoryAlarm::raise()?;
+    proxy.stall();
     let started = tokio::time::Instant::now();
     let deadline_codes = forty_likes_with_a_short_deadline(waits_for_the_deadline.addr).await;
     let waited = started.elapsed();
     let confirm_codes = forty_likes_with_a_short_deadline(confirm_times_out_first.addr).await;
-    drop(alarm);
+    proxy.restore();
     let (deadline_codes, confirm_codes) = (deadline_codes?, confirm_codes?);
 
     assert!(
@@ -77,7 +83,7 @@ async fn under_a_memory_alarm_every_passed_deadline_is_deadline_exceeded_and_a_s
     let client = waits_for_the_deadline.client.clone();
     eventually(
         Duration::from_secs(20),
-        "Like to succeed after the alarm",
+        "Like to succeed after the stall",
         || {
             let mut client = client.clone();
             async move { Ok(crate::like(&mut client, "after").await.ok()) }

@@ -4,6 +4,7 @@
 //! binary, apart from the parallel end-to-end tests; the floods measure one
 //! process's memory, and the default metrics ports are the machine's.
 
+mod blocked;
 mod cli;
 mod deadlines;
 mod floods;
@@ -12,12 +13,9 @@ mod processes;
 
 use likes_common::config::SecretUrl;
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
-use likes_testkit::{
-    TestEnv, eventually, faults::MemoryAlarm, process::ServiceProcess, proxy::FaultProxy,
-};
+use likes_testkit::{TestEnv, eventually, process::ServiceProcess, proxy::FaultProxy};
 use std::{path::Path, time::Duration};
 use tokio::sync::Mutex;
-use tonic::Code;
 
 const API: &str = env!("CARGO_BIN_EXE_likes-api");
 static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
@@ -56,38 +54,6 @@ async fn like(
         })
         .await
         .map(|_| ())
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn under_a_memory_alarm_like_answers_unavailable_within_the_confirm_timeout()
--> anyhow::Result<()> {
-    let _alone = ONE_AT_A_TIME.lock().await;
-    let mut env = TestEnv::new();
-    env.settings.api.confirm_timeout_ms = 1_000;
-    let api = env.spawn_api().await?;
-    let mut client = api.client.clone();
-    like(&mut client, "before").await?;
-
-    let alarm = MemoryAlarm::raise()?;
-    let started = tokio::time::Instant::now();
-    let status = like(&mut client, "blocked")
-        .await
-        .expect_err("blocked publisher");
-    let waited = started.elapsed();
-    drop(alarm);
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(waited < Duration::from_secs(3), "answered after {waited:?}");
-
-    eventually(
-        Duration::from_secs(20),
-        "Like to succeed after the alarm",
-        || {
-            let mut client = client.clone();
-            async move { Ok(like(&mut client, "after").await.ok()) }
-        },
-    )
-    .await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,5 +204,57 @@ async fn both_binaries_serve_prometheus_metrics_that_match_what_was_sent() -> an
         "{body}"
     );
     assert!(body.contains("likes_db_pool_connections"), "{body}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_while_the_broker_holds_every_confirm_exits_within_the_confirm_timeout_and_a_second()
+-> anyhow::Result<()> {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let mut env = TestEnv::new();
+    env.settings.api.confirm_timeout_ms = 1_000;
+    let port = likes_testkit::free_port()?;
+    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
+    env.db().await?;
+    let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
+    let mut api_settings = env.settings.clone();
+    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let mut api = ServiceProcess::spawn(Path::new(API), &api_settings)?;
+    let client = connect(port).await?;
+    like(&mut client.clone(), "warm").await?;
+
+    // 64 callers keep calling while nothing is confirmed; SIGTERM once
+    // messages and waiting events have piled up behind the stall.
+    proxy.stall();
+    let load = tokio::spawn({
+        let client = client.clone();
+        async move {
+            likes_testkit::load::timed_likes(
+                &client,
+                "stalled",
+                "p",
+                64,
+                Duration::from_millis(1_500),
+                Duration::from_secs(10),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let started = tokio::time::Instant::now();
+    let status = api.terminate(Duration::from_secs(10)).await?;
+    let took = started.elapsed();
+    assert!(status.success(), "api exited with {status}");
+    // The calls in flight, each at most the confirm timeout, then closing
+    // the stalled link, at most a second.
+    assert!(
+        took < Duration::from_millis(2_500),
+        "exited {took:?} after SIGTERM"
+    );
+    for answer in load.await? {
+        assert!(answer.answer.is_err(), "nothing confirmed, nothing OK");
+        assert!(answer.took <= Duration::from_millis(1_500), "{answer:?}");
+    }
+    proxy.restore();
     Ok(())
 }

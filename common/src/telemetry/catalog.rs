@@ -149,6 +149,12 @@ pub const METRICS: &[Metric] = &[
         COUNT,
         "Ready messages in the event queues this worker consumes.",
     ),
+    metric(
+        "likes_amqp_blocked",
+        Gauge,
+        None,
+        "1 while RabbitMQ blocks the api's publishing connection (a memory or disk alarm), else 0.",
+    ),
     // both
     metric(
         "likes_amqp_connected",

@@ -6,7 +6,7 @@ use likes_proto::pb::LikeRequest;
 use likes_testkit::{
     TestEnv, eventually,
     faults::{RefusedPublishes, amqp_connections, close_amqp_connections},
-    load::{check_exactly, like_all, pairs},
+    load::{check_exactly, like_all, pairs, timed_likes},
     proxy::FaultProxy,
 };
 use std::time::Duration;
@@ -170,47 +170,34 @@ async fn health(api: &likes_testkit::RunningApi) -> anyhow::Result<ServingStatus
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_broker_that_stops_confirming_gets_unavailable_within_the_deadline() -> anyhow::Result<()>
-{
-    let (env, proxy, api) = api_behind_proxy(500).await?;
+async fn a_broker_that_stops_confirming_answers_every_caller_within_the_confirm_timeout()
+-> anyhow::Result<()> {
+    let (env, proxy, api) = api_behind_proxy(1_500).await?;
     like(&api, "before", None).await?;
 
-    // The broker stops answering, as when a memory or disk alarm blocks
-    // publishers: no confirm comes back.
+    // The broker stops answering without blocking anyone: no confirm comes
+    // back. 64 callers keep calling for 4 s: each call waits at most the
+    // confirm timeout from its own start, whatever was unconfirmed ahead
+    // of it (before, a call waited behind the stalled message first).
     proxy.stall();
-    let started = tokio::time::Instant::now();
-    let status = like(&api, "stalled", None)
-        .await
-        .expect_err("no confirm, no OK");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
-    // Many callers at once share the stalled messages: every one of them
-    // gets UNAVAILABLE within the confirm timeout, none OK.
-    let started = tokio::time::Instant::now();
-    let calls: Vec<_> = (0..100)
-        .map(|i| {
-            let client = api.client.clone();
-            tokio::spawn(async move {
-                let request = LikeRequest {
-                    post_id: "p".into(),
-                    user_id: format!("stalled-{i}"),
-                };
-                client.clone().like(request).await.map(|_| ())
-            })
-        })
-        .collect();
-    for call in calls {
-        let status = call.await?.expect_err("no confirm, no OK");
+    let answers = timed_likes(
+        &api.client,
+        "stalled",
+        "p",
+        64,
+        Duration::from_secs(4),
+        Duration::from_secs(10),
+    )
+    .await;
+    let slowest = answers.iter().map(|a| a.took).max().unwrap_or_default();
+    assert!(answers.len() >= 64, "{} answers", answers.len());
+    for answer in &answers {
+        let status = answer.answer.as_ref().expect_err("no confirm, no OK");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
+        slowest <= Duration::from_millis(2_000),
+        "a caller waited {slowest:?} with a 1.5 s confirm timeout"
     );
 
     // A caller's own, shorter deadline is honoured too.
@@ -223,7 +210,7 @@ async fn a_broker_that_stops_confirming_gets_unavailable_within_the_deadline() -
         "{status:?}"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(1),
         "took {:?}",
         started.elapsed()
     );
