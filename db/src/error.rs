@@ -11,6 +11,8 @@ pub enum DbError {
     Pool(String),
     #[error("PostgreSQL was unreachable moments ago (circuit open)")]
     Unavailable,
+    #[error("no answer from PostgreSQL within {0:?}")]
+    TimedOut(std::time::Duration),
     #[error("query failed: {0}")]
     Query(#[from] DieselError),
     #[error("migrations failed: {0}")]
@@ -25,7 +27,7 @@ impl DbError {
     /// Constraint violations and bad data fail the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Pool(_) | Self::Unavailable => true,
+            Self::Connect(_) | Self::Pool(_) | Self::Unavailable | Self::TimedOut(_) => true,
             Self::Query(DieselError::DatabaseError(kind, _)) => !matches!(
                 kind,
                 DatabaseErrorKind::UniqueViolation

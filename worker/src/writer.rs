@@ -15,6 +15,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The least time an attempt gets, even when the budget is nearly spent.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+
 /// Why a batch was not written.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
@@ -61,10 +64,21 @@ impl Writer {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let error = match self.attempt(changes).await {
-                Ok(outcome) => return Ok(outcome),
-                Err(error) if !error.is_transient() => return Err(WriteError::Permanent(error)),
-                Err(error) => error,
+            // An attempt gets what is left of the budget: a database that
+            // takes the statement and never answers (a stalled network)
+            // must not hold the batch past it.
+            let left = self
+                .retry_budget
+                .saturating_sub(started.elapsed())
+                .max(MIN_ATTEMPT);
+            let attempt = tokio::time::timeout(left, self.attempt(changes)).await;
+            let error = match attempt {
+                Ok(Ok(outcome)) => return Ok(outcome),
+                Ok(Err(error)) if !error.is_transient() => {
+                    return Err(WriteError::Permanent(error));
+                }
+                Ok(Err(error)) => error,
+                Err(_elapsed) => DbError::TimedOut(left),
             };
             let delay = delays.next().unwrap_or(self.retry_budget);
             if shutdown.is_cancelled() || started.elapsed() + delay > self.retry_budget {

@@ -128,6 +128,45 @@ async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing(
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_stops_answering_holds_a_batch_no_longer_than_the_retry_budget()
+-> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    env.settings.worker.retry_budget_ms = 2_000;
+    let api = env.spawn_api().await?;
+    let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
+    let worker = env
+        .spawn_worker_with(&env.settings_with_database_at(proxy.addr())?)
+        .await?;
+    like(&api, "before", None).await?;
+    env.wait_for_count("p", 1, Duration::from_secs(20)).await?;
+
+    // PostgreSQL takes the statement and never answers (bytes held, the
+    // connection open): the batch goes back to the queue once the retry
+    // budget is spent, instead of waiting for an answer forever.
+    proxy.stall();
+    like(&api, "stalled", None).await?;
+    let started = tokio::time::Instant::now();
+    eventually(Duration::from_secs(10), "the batch handed back", || {
+        let stats = worker.stats.clone();
+        async move { Ok((stats.requeued_batches() >= 1).then_some(())) }
+    })
+    .await?;
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_millis(3_500),
+        "held the batch {held:?} with a 2 s retry budget"
+    );
+
+    proxy.restore();
+    env.wait_for_count("p", 2, Duration::from_secs(30)).await?;
+    let mut db = env.db().await?;
+    let acknowledged =
+        [("p", "before"), ("p", "stalled")].map(|(p, u)| (p.to_owned(), u.to_owned()));
+    check_exactly(&mut db, &acknowledged).await?;
+    Ok(())
+}
+
 /// An env whose api reaches RabbitMQ through a fault proxy.
 async fn api_behind_proxy(
     confirm_timeout_ms: u64,
