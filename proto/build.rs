@@ -11,5 +11,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out_dir.join("likes_descriptor.bin"))
         .codec_path("crate::codec::LikesCodec")
         .compile_with_config(config, &["proto/likes/v1/likes.proto"], &["proto"])?;
+    // The service's internal messages: compiled apart, so reflection (which
+    // serves the descriptor set above) shows only the public API.
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_with_config(config, &["proto/likes/events/v1/counts.proto"], &["proto"])?;
     Ok(())
 }

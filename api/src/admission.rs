@@ -2,26 +2,28 @@
 //! HEADERS arrive, before tonic reads or decodes a byte of its body.
 //!
 //! A tower layer (added with `Server::layer`, so it covers every service)
-//! gives each call one of `api.max_concurrent_requests` places, or answers
-//! at once RESOURCE_EXHAUSTED (a trailers-only response; the body is never
-//! read). The call keeps its place until its response is ready. Together
-//! with the per-connection stream limit (`api.max_concurrent_streams`,
-//! enforced by h2 with REFUSED_STREAM) this bounds what calls that never
-//! finish sending can hold: header-only streams and half-sent bodies.
+//! gives each call a place, or answers at once RESOURCE_EXHAUSTED (a
+//! trailers-only response; the body is never read); the call keeps it until
+//! its response is ready. Writes (Like, Unlike) and everything else (reads,
+//! health, reflection) have budgets of their own, `api.max_concurrent_requests`
+//! places each, so however many reads wait, a Like is never refused for
+//! their sake. With the per-connection stream limit
+//! (`api.max_concurrent_streams`, enforced by h2) this bounds what calls
+//! that never finish sending can hold.
 //!
-//! The request body is metered on the way in: each call counts the size of
-//! the gRPC message its body announces (what tonic's decoder reserves for
-//! it) against a global budget (`api.max_request_bytes_in_flight`); a body
-//! that would go over it fails with RESOURCE_EXHAUSTED.
+//! Request bodies are metered on the way in: each call counts the size of
+//! the gRPC message its body announces against one global budget
+//! (`api.max_request_bytes_in_flight`); a body that would go over it fails
+//! with RESOURCE_EXHAUSTED.
 //!
-//! Half-sent requests must not lock other callers out: when every place is
-//! taken, a new call takes the place of the oldest LikeService or health
-//! call whose request body has been waiting on the network for longer than
-//! `api.request_body_grace_ms` (a slow-loris guard that costs nothing until
-//! the server is full). That call ends with RESOURCE_EXHAUSTED; its handler
-//! never ran, because tonic hands a unary request to the handler only once
-//! the whole body has arrived. Reflection is a bidirectional stream whose
-//! body stays open by design: it is never evicted.
+//! Half-sent requests must not lock callers out: when every place of a
+//! budget is taken, a new call takes the place of the oldest call of that
+//! budget (LikeService or health) whose request body has been waiting on the
+//! network for longer than `api.request_body_grace_ms`. That call ends with
+//! RESOURCE_EXHAUSTED; its handler never ran, because tonic hands a unary
+//! request to the handler only once the whole body has arrived. Reflection
+//! is a bidirectional stream whose body stays open by design: it is never
+//! evicted.
 
 use crate::error::ApiError;
 use bytes::Bytes;
@@ -55,15 +57,58 @@ const EVICTABLE_PREFIXES: [&str; 2] = ["/likes.v1.LikeService/", "/grpc.health.v
 /// The gRPC length-prefixed message header: compression flag, u32 length.
 const MESSAGE_PREFIX: usize = 5;
 
+/// Paths of the calls that take a write place.
+const WRITE_PATHS: [&str; 2] = ["/likes.v1.LikeService/Like", "/likes.v1.LikeService/Unlike"];
+
+/// The two budgets of places.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Write,
+    Read,
+}
+
+impl Class {
+    fn of(path: &str) -> Self {
+        if WRITE_PATHS.contains(&path) {
+            Self::Write
+        } else {
+            Self::Read
+        }
+    }
+}
+
+/// One budget of places: its calls in flight, and those of its evictable
+/// calls whose body has waited on the network, in the order they first
+/// did (finished entries are dropped lazily).
+#[derive(Debug)]
+struct Places {
+    limit: usize,
+    in_flight: AtomicUsize,
+    receiving: Mutex<VecDeque<Arc<Call>>>,
+}
+
+impl Places {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            in_flight: AtomicUsize::new(0),
+            receiving: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock_receiving(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Call>>> {
+        self.receiving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The places and the byte budget, shared by every connection.
 #[derive(Debug)]
 pub struct Admission {
-    limit: usize,
-    in_flight: AtomicUsize,
+    writes: Places,
+    reads: Places,
     grace: Duration,
-    /// Admitted evictable calls whose body has waited on the network, in
-    /// the order they first did. Finished entries are dropped lazily.
-    receiving: Mutex<VecDeque<Arc<Call>>>,
     budget: usize,
     bytes: AtomicUsize,
     max_message: usize,
@@ -72,19 +117,25 @@ pub struct Admission {
 impl Admission {
     pub fn new(settings: &ApiSettings) -> Self {
         Self {
-            limit: settings.max_concurrent_requests,
-            in_flight: AtomicUsize::new(0),
+            writes: Places::new(settings.max_concurrent_requests),
+            reads: Places::new(settings.max_concurrent_requests),
             grace: settings.request_body_grace(),
-            receiving: Mutex::new(VecDeque::new()),
             budget: settings.request_bytes_in_flight(),
             bytes: AtomicUsize::new(0),
             max_message: settings.max_request_bytes,
         }
     }
 
-    /// Calls holding a place now.
+    fn places(&self, class: Class) -> &Places {
+        match class {
+            Class::Write => &self.writes,
+            Class::Read => &self.reads,
+        }
+    }
+
+    /// Calls holding a place now, of both budgets.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.writes.in_flight.load(Ordering::Relaxed) + self.reads.in_flight.load(Ordering::Relaxed)
     }
 
     /// Request body bytes counted against the budget now.
@@ -92,29 +143,31 @@ impl Admission {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// A free place, or the place of a call whose body stalled.
-    fn try_admit(&self) -> Option<Arc<Call>> {
-        let free = self
+    /// A free place of `class`, or the place of a call of it whose body
+    /// stalled.
+    fn try_admit(&self, class: Class) -> Option<Arc<Call>> {
+        let places = self.places(class);
+        let free = places
             .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < self.limit).then_some(n + 1)
+                (n < places.limit).then_some(n + 1)
             })
             .is_ok();
-        if free || self.evict_stalled() {
-            return Some(Arc::new(Call::new()));
+        if free || self.evict_stalled(places) {
+            return Some(Arc::new(Call::new(class)));
         }
         None
     }
 
-    /// Takes the place of the oldest call whose body has waited on the
-    /// network for longer than the grace; the place passes to the caller
-    /// without being released.
-    fn evict_stalled(&self) -> bool {
+    /// Takes the place of the oldest call of `places` whose body has waited
+    /// on the network for longer than the grace; the place passes to the
+    /// caller without being released.
+    fn evict_stalled(&self, places: &Places) -> bool {
         if self.grace.is_zero() {
             return false;
         }
         let now = Instant::now();
-        let mut receiving = self.lock_receiving();
+        let mut receiving = places.lock_receiving();
         while let Some(oldest) = receiving.front() {
             if oldest.state() != RECEIVING {
                 receiving.pop_front();
@@ -142,19 +195,14 @@ impl Admission {
         if !call.transition(NEW, RECEIVING) {
             return;
         }
-        let mut receiving = self.lock_receiving();
+        let places = self.places(call.class);
+        let mut receiving = places.lock_receiving();
         // At most `limit` entries are live; drop finished ones now and then
         // so a stalled call at the front cannot make the queue grow.
-        if receiving.len() >= 2 * self.limit + 16 {
+        if receiving.len() >= 2 * places.limit + 16 {
             receiving.retain(|c| c.state() == RECEIVING);
         }
         receiving.push_back(Arc::clone(call));
-    }
-
-    fn lock_receiving(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Call>>> {
-        self.receiving
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts `extra` more bytes, unless that goes over the budget.
@@ -187,6 +235,7 @@ const FINISHED: u8 = 4;
 /// One admitted call, shared by its response future and its request body.
 #[derive(Debug)]
 struct Call {
+    class: Class,
     state: AtomicU8,
     admitted_at: Instant,
     /// The task reading the body, woken on eviction.
@@ -194,8 +243,9 @@ struct Call {
 }
 
 impl Call {
-    fn new() -> Self {
+    fn new(class: Class) -> Self {
         Self {
+            class,
             state: AtomicU8::new(NEW),
             admitted_at: Instant::now(),
             waker: AtomicWaker::new(),
@@ -234,7 +284,10 @@ struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         if self.call.state.swap(FINISHED, Ordering::AcqRel) != EVICTED {
-            self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.admission
+                .places(self.call.class)
+                .in_flight
+                .fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -294,17 +347,19 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let Some(call) = self.admission.try_admit() else {
+        let path = request.uri().path();
+        let class = Class::of(path);
+        let Some(call) = self.admission.try_admit(class) else {
             metrics::counter!("likes_requests_refused_total", "reason" => "concurrency")
                 .increment(1);
+            let limit = self.admission.places(class).limit;
             return AdmittedFuture {
                 inner: None,
                 place: None,
-                refusal: Some(overloaded(self.admission.limit).into_http()),
+                refusal: Some(overloaded(limit).into_http()),
                 grace: self.admission.grace,
             };
         };
-        let path = request.uri().path();
         let evictable = EVICTABLE_PREFIXES.iter().any(|p| path.starts_with(p));
         let admission = Arc::clone(&self.admission);
         let metered_call = evictable.then(|| Arc::clone(&call));
@@ -504,7 +559,11 @@ mod tests {
     }
 
     fn place(admission: &Arc<Admission>) -> Option<Place> {
-        admission.try_admit().map(|call| Place {
+        place_of(admission, Class::Write)
+    }
+
+    fn place_of(admission: &Arc<Admission>, class: Class) -> Option<Place> {
+        admission.try_admit(class).map(|call| Place {
             call,
             admission: Arc::clone(admission),
         })
@@ -535,6 +594,21 @@ mod tests {
             1,
             "the temporary place was given back"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_and_writes_have_places_of_their_own() {
+        let admission = admission(2, 0, 1 << 20);
+        let _reads: Vec<_> = (0..2)
+            .map(|_| place_of(&admission, Class::Read).expect("a read place"))
+            .collect();
+        assert!(place_of(&admission, Class::Read).is_none(), "reads full");
+        let _like = place_of(&admission, Class::Write).expect("a Like is never refused for reads");
+        assert_eq!(admission.in_flight(), 3);
+        assert_eq!(Class::of("/likes.v1.LikeService/Like"), Class::Write);
+        assert_eq!(Class::of("/likes.v1.LikeService/Unlike"), Class::Write);
+        assert_eq!(Class::of("/likes.v1.LikeService/GetLikeCount"), Class::Read);
+        assert_eq!(Class::of("/grpc.health.v1.Health/Check"), Class::Read);
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,13 @@ impl From<ApiError> for Status {
                     RETRY_AFTER_BROKER,
                 )
             }
+            // A busy pool is an overload, answered like one.
+            ApiError::Database(DbError::PoolBusy) => retryable(
+                Code::ResourceExhausted,
+                "the server's database connections are all busy; retry with backoff".to_owned(),
+                "OVERLOADED",
+                RETRY_AFTER_OVERLOAD,
+            ),
             ApiError::Database(db) if db.is_transient() => {
                 tracing::warn!(error = %db, "database read failed");
                 retryable(

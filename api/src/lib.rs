@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod counts;
 pub mod deadline;
 pub mod error;
 pub mod protocol;
@@ -18,9 +19,10 @@ pub mod validate;
 use admission::{Admission, AdmissionLayer};
 use anyhow::Context;
 use auth::Auth;
+use counts::CountCache;
 use deadline::DeadlineLayer;
 use likes_common::Settings;
-use likes_common::config::ApiSettings;
+use likes_common::config::{AmqpSettings, ApiSettings};
 use likes_common::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
 use protocol::GrpcOnlyLayer;
@@ -50,6 +52,8 @@ pub struct Application {
     /// The api's part in the process's `/readyz`.
     readiness: ReadinessReporter,
     pool: likes_db::PgPool,
+    counts: CountCache,
+    amqp: AmqpSettings,
     settings: ApiSettings,
     tls: Option<ServerTlsConfig>,
 }
@@ -76,6 +80,7 @@ impl Application {
         let pool = likes_db::connect(&settings.database)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", settings.database.url))?;
+        let counts = CountCache::new(pool.clone(), &settings.api);
         Ok(Self {
             listener,
             local_addr,
@@ -83,6 +88,8 @@ impl Application {
             publisher_stop,
             readiness,
             pool,
+            counts,
+            amqp: settings.amqp.clone(),
             settings: settings.api.clone(),
             tls,
         })
@@ -114,9 +121,18 @@ impl Application {
             shutdown.clone(),
         ));
         likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
+        let follower = tokio::spawn(counts::follow_pushes(
+            self.counts.clone(),
+            self.amqp.clone(),
+            self.publisher_stop.clone(),
+        ));
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
-        let api = LikeApi::new(Arc::clone(&self.publisher), self.pool.clone());
+        let api = LikeApi::new(
+            Arc::clone(&self.publisher),
+            self.pool.clone(),
+            self.counts.clone(),
+        );
         let admission = Arc::new(Admission::new(&self.settings));
         let auth = Auth::new(
             self.settings.auth_token.expose(),
@@ -167,6 +183,7 @@ impl Application {
             .context("serving gRPC")?;
         self.publisher_stop.cancel();
         self.publisher.close().await;
+        let _ = follower.await;
         tracing::info!("likes-api stopped");
         drop(readiness);
         Ok(())

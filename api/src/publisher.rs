@@ -52,11 +52,6 @@ const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// per message.
 const REFUSED_LINK_MIN_AGE: Duration = Duration::from_secs(1);
 
-/// How long closing a link may take. A blocked connection sends nothing,
-/// not even its close, so an unbounded close would hold a shutdown until
-/// the broker's alarm cleared; past this the socket is simply dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How messages are packed, from the api settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Packing {
@@ -399,7 +394,7 @@ impl Publisher {
     /// Closes the link and lets the publisher's tasks end; `stop` (the
     /// token `start` was given) must be cancelled, and the calls in flight
     /// answered, before this is called (the server drains them first). Each
-    /// step takes at most [`CLOSE_TIMEOUT`]: a packer may still wait for
+    /// step takes at most a second: a packer may still wait for
     /// confirms of messages whose callers have all been answered, and
     /// nobody needs those.
     pub async fn close(&self) {
@@ -407,7 +402,7 @@ impl Publisher {
             link.close().await;
         }
         self.tasks.close();
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.tasks.wait())
+        if tokio::time::timeout(likes_queue::topology::CLOSE_TIMEOUT, self.tasks.wait())
             .await
             .is_err()
         {
@@ -464,19 +459,7 @@ impl Link {
     }
 
     async fn close(&self) {
-        let closing = async {
-            for channel in &self.channels {
-                let _ = channel.close(200, "shutdown".into()).await;
-            }
-            self.connection.close(200, "shutdown".into()).await
-        };
-        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::debug!(%error, "closing the AMQP connection"),
-            Err(_elapsed) => {
-                tracing::debug!("no answer to closing the AMQP connection; dropping it")
-            }
-        }
+        likes_queue::close(&self.connection, "shutdown").await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `likes.v1.LikeService` implementation.
 
-use crate::{error::ApiError, publisher::Publisher, validate};
+use crate::{counts::CountCache, error::ApiError, publisher::Publisher, validate};
 use likes_common::ids::{PostId, UserId};
 use likes_db::{PgPool, PooledConnection, repository};
 use likes_proto::pb::{
@@ -14,11 +14,13 @@ use tonic::{Code, Request, Response, Status};
 use tracing::{Span, instrument};
 use uuid::Uuid;
 
-/// Serves LikeService: writes go to the queue, reads to PostgreSQL.
+/// Serves LikeService: writes go to the queue; counts come from the count
+/// cache, other reads from PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct LikeApi {
     publisher: Arc<Publisher>,
     pool: PgPool,
+    counts: CountCache,
     metrics: Arc<RpcMetrics>,
 }
 
@@ -26,10 +28,11 @@ impl LikeApi {
     /// Admission (`api.max_concurrent_requests`) happens before a call gets
     /// here, in [`crate::admission`]. Call after the metrics recorder is
     /// installed: the handles of the usual outcomes are taken here, once.
-    pub fn new(publisher: Arc<Publisher>, pool: PgPool) -> Self {
+    pub fn new(publisher: Arc<Publisher>, pool: PgPool, counts: CountCache) -> Self {
         Self {
             publisher,
             pool,
+            counts,
             metrics: Arc::new(RpcMetrics::new()),
         }
     }
@@ -96,10 +99,7 @@ impl LikeService for LikeApi {
         observed(&self.metrics.get_like_count, async move {
             let post = validate::post_id("post_id", request.into_inner().post_id)?;
             Span::current().record("post.id", post.as_str());
-            let mut conn = self.connection().await?;
-            let count = repository::like_count(&mut conn, &post)
-                .await
-                .map_err(ApiError::from)?;
+            let count = self.counts.count(&post).await.map_err(ApiError::from)?;
             Ok(Response::new(GetLikeCountResponse {
                 post_id: post.into_inner(),
                 count,
@@ -119,10 +119,7 @@ impl LikeService for LikeApi {
             if posts.is_empty() {
                 return Ok(Response::new(GetLikeCountsResponse::default()));
             }
-            let mut conn = self.connection().await?;
-            let counts = repository::like_counts(&mut conn, &posts)
-                .await
-                .map_err(ApiError::from)?;
+            let counts = self.counts.counts(&posts).await.map_err(ApiError::from)?;
             Ok(Response::new(GetLikeCountsResponse {
                 counts: counts.into_iter().collect(),
             }))

@@ -29,9 +29,12 @@
 //! | `LIKES__API__TLS_CLIENT_CA_FILE` | empty (no mutual TLS) |
 //! | `LIKES__API__AUTH_TOKEN` | empty (no token) |
 //! | `LIKES__API__AUTH_ALL_SERVICES` | `false` |
+//! | `LIKES__API__COUNT_CACHE_TTL_MS` | `2000` |
+//! | `LIKES__API__COUNT_MAX_STALE_MS` | `60000` |
 //! | `LIKES__AMQP__URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
 //! | `LIKES__AMQP__QUEUE` | `likes.events` |
 //! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
+//! | `LIKES__AMQP__COUNTS_EXCHANGE` | `likes.counts` |
 //! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
 //! | `LIKES__AMQP__CLASSIC_QUEUE_VERSION` | `2` (classic queues only) |
 //! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
@@ -150,6 +153,12 @@ pub struct ApiSettings {
     pub tls_client_ca_file: String,
     pub auth_token: Secret,
     pub auth_all_services: bool,
+    /// A cached count not refreshed by a pushed change is reloaded after
+    /// this long: the freshness bound when pushes are lost.
+    pub count_cache_ttl_ms: u64,
+    /// While PostgreSQL cannot be read, a cached count is still served up
+    /// to this long past its expiry.
+    pub count_max_stale_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -157,6 +166,8 @@ pub struct AmqpSettings {
     pub url: SecretUrl,
     pub queue: String,
     pub dead_letter_queue: String,
+    /// Fanout exchange the workers publish count changes to, for the apis.
+    pub counts_exchange: String,
     pub queue_type: QueueType,
     /// `x-queue-version` of classic queues (1 or 2); unused for quorum ones.
     pub classic_queue_version: u8,
@@ -273,6 +284,36 @@ impl Settings {
         Ok(toml::to_string_pretty(self)?)
     }
 
+    /// Every setting as a `LIKES__SECTION__KEY` variable, secrets revealed:
+    /// for handing these settings to a child process (the tests start the
+    /// binaries so), never for showing. Every setting is included, so a new
+    /// one reaches the child without a list to keep.
+    pub fn to_env(&self) -> Result<Vec<(String, String)>, ConfigError> {
+        struct Revealed;
+        impl Drop for Revealed {
+            fn drop(&mut self) {
+                REVEAL.set(false);
+            }
+        }
+        REVEAL.set(true);
+        let revealed = Revealed;
+        let value = toml::Value::try_from(self);
+        drop(revealed);
+        let mut vars = Vec::new();
+        let sections = value?;
+        for (section, keys) in sections.as_table().into_iter().flatten() {
+            for (key, value) in keys.as_table().into_iter().flatten() {
+                let text = match value {
+                    toml::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                let name = format!("LIKES__{section}__{key}").to_uppercase();
+                vars.push((name, text));
+            }
+        }
+        Ok(vars)
+    }
+
     /// The committed defaults alone, ignoring the environment: what tests start
     /// from before setting fields in code.
     pub fn defaults() -> Self {
@@ -312,6 +353,9 @@ impl Settings {
         }
         if self.api.max_concurrent_requests == 0 {
             return Err(invalid("api.max_concurrent_requests", "must be at least 1"));
+        }
+        if self.api.count_cache_ttl_ms == 0 {
+            return Err(invalid("api.count_cache_ttl_ms", "must be at least 1"));
         }
         if self.api.max_concurrent_streams == 0 {
             return Err(invalid("api.max_concurrent_streams", "must be at least 1"));
@@ -435,6 +479,14 @@ impl ApiSettings {
     pub fn request_body_grace(&self) -> Duration {
         Duration::from_millis(self.request_body_grace_ms)
     }
+
+    pub fn count_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.count_cache_ttl_ms)
+    }
+
+    pub fn count_max_stale(&self) -> Duration {
+        Duration::from_millis(self.count_max_stale_ms)
+    }
 }
 
 impl DatabaseSettings {
@@ -495,11 +547,20 @@ impl Secret {
     }
 }
 
-/// Masked like `Debug`: settings are serialized to be shown.
+/// Masked like `Debug`: settings are serialized to be shown, except inside
+/// [`Settings::to_env`].
 impl Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.0.is_empty() { "" } else { MASK })
+        if REVEAL.get() || self.0.is_empty() {
+            return serializer.serialize_str(&self.0);
+        }
+        serializer.serialize_str(MASK)
     }
+}
+
+thread_local! {
+    /// Set while [`Settings::to_env`] serializes: secrets as they are.
+    static REVEAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// What a secret, or a URL's password, is shown as.
@@ -539,6 +600,9 @@ impl fmt::Display for SecretUrl {
 /// Masked like `Display`: settings are serialized to be shown.
 impl Serialize for SecretUrl {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if REVEAL.get() {
+            return serializer.serialize_str(&self.0);
+        }
         serializer.collect_str(self)
     }
 }

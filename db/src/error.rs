@@ -13,6 +13,10 @@ pub enum DbError {
     Unavailable,
     #[error("no answer from PostgreSQL within {0:?}")]
     TimedOut(std::time::Duration),
+    /// Every pooled connection stayed in use for the whole checkout wait:
+    /// an overload, not an outage.
+    #[error("every PostgreSQL connection of the pool is busy")]
+    PoolBusy,
     #[error("query failed: {0}")]
     Query(#[from] DieselError),
     #[error("migrations failed: {0}")]
@@ -27,7 +31,11 @@ impl DbError {
     /// Constraint violations and bad data fail the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect(_) | Self::Pool(_) | Self::Unavailable | Self::TimedOut(_) => true,
+            Self::Connect(_)
+            | Self::Pool(_)
+            | Self::Unavailable
+            | Self::TimedOut(_)
+            | Self::PoolBusy => true,
             Self::Query(DieselError::DatabaseError(kind, _)) => !matches!(
                 kind,
                 DatabaseErrorKind::UniqueViolation

@@ -11,7 +11,7 @@ pub mod schema;
 pub mod tls;
 
 pub use error::DbError;
-pub use models::{Action, LikeChange, WriteOutcome};
+pub use models::{Action, CountChange, LikeChange, VersionedCount, WriteOutcome};
 pub use pool::{
     PgPool, PooledConnection, checkout, connect, ensure_database, maintenance_database_url,
     run_migrations, spawn_pool_gauges, split_database_url,

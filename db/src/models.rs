@@ -27,8 +27,24 @@ impl LikeChange {
     }
 }
 
-/// What writing one batch changed.
+/// A post's count as stored, with the version of its last change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VersionedCount {
+    pub count: i64,
+    /// Grows by one with every change of the count; 0 for a post whose
+    /// count never changed.
+    pub version: i64,
+}
+
+/// A post's count after a batch changed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountChange {
+    pub post_id: String,
+    pub count: VersionedCount,
+}
+
+/// What writing one batch changed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct WriteOutcome {
     /// Distinct (post, user) pairs in the batch after folding repeats.
     pub pairs: usize,
@@ -36,4 +52,6 @@ pub struct WriteOutcome {
     pub rows_changed: i64,
     /// Counter rows inserted or updated.
     pub counters_changed: i64,
+    /// The new count of each post whose count changed.
+    pub counts: Vec<CountChange>,
 }

@@ -25,12 +25,19 @@ use tokio_util::sync::CancellationToken;
 pub struct PgPool {
     pool: Pool<AsyncPgConnection>,
     circuit: Arc<Circuit>,
+    max_size: u32,
 }
 
 impl PgPool {
     /// Connections open and idle.
     pub fn state(&self) -> bb8::State {
         self.pool.state()
+    }
+
+    /// Whether every connection the pool may have is open and in use.
+    fn is_busy(&self) -> bool {
+        let state = self.pool.state();
+        state.connections >= self.max_size && state.idle_connections == 0
     }
 }
 
@@ -63,13 +70,19 @@ pub async fn checkout(pool: &PgPool) -> Result<PooledConnection<'_>, DbError> {
             return Err(DbError::Unavailable);
         }
     };
-    trial.armed = false;
     match got {
         Ok(conn) => {
+            trial.armed = false;
             circuit.succeeded(admitted);
             Ok(conn)
         }
+        // Every connection is open and in use: the pool is busy, not the
+        // database down. An overload must not open the circuit (which
+        // would fail every checkout for a while); a trial checkout that met
+        // it hands the trial on (the guard).
+        Err(bb8::RunError::TimedOut) if pool.is_busy() => Err(DbError::PoolBusy),
         Err(error) => {
+            trial.armed = false;
             circuit.failed();
             Err(error.into())
         }
@@ -156,7 +169,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         .build(manager)
         .await
         .map_err(|e| DbError::Pool(e.to_string()))?;
-    Ok(PgPool { pool, circuit })
+    Ok(PgPool {
+        pool,
+        circuit,
+        max_size: settings.pool_size,
+    })
 }
 
 #[derive(QueryableByName)]

@@ -8,14 +8,14 @@
 
 use crate::{
     DbError,
-    models::{Action, LikeChange, WriteOutcome},
+    models::{Action, CountChange, LikeChange, VersionedCount, WriteOutcome},
     schema::{like_counts, likes},
 };
 use diesel::{
     ExpressionMethods, OptionalExtension, QueryDsl, QueryResult,
     pg::Pg,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
-    sql_types::{Array, BigInt, Bool, Text, Uuid as SqlUuid},
+    sql_types::{Array, BigInt, Bool, Nullable, Text, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use likes_common::ids::{PostId, UserId};
@@ -24,7 +24,10 @@ use std::collections::HashMap;
 /// Upserts each pair's state where the event is newer than the stored one,
 /// and adds the resulting changes to the per-post counters: one counter row
 /// update per post, in post id order so concurrent workers lock counter rows
-/// in the same order and cannot deadlock on them.
+/// in the same order and cannot deadlock on them. Each changed counter's
+/// version grows by one, and its new count and version are returned (one
+/// row each; one row of nulls when no counter changed), for the apis'
+/// caches.
 ///
 /// `last_delta` is computed from the stored row (`l`) inside ON CONFLICT,
 /// which PostgreSQL evaluates on the latest committed version under a row
@@ -54,17 +57,17 @@ changed AS (
     RETURNING l.post_id, l.last_delta
 ),
 counted AS (
-    INSERT INTO like_counts AS c (post_id, count)
-    SELECT post_id, sum(last_delta)
+    INSERT INTO like_counts AS c (post_id, count, version)
+    SELECT post_id, sum(last_delta), 1
     FROM changed
     GROUP BY post_id
     HAVING sum(last_delta) <> 0
     ORDER BY post_id
-    ON CONFLICT (post_id) DO UPDATE SET count = c.count + EXCLUDED.count
-    RETURNING 1
+    ON CONFLICT (post_id) DO UPDATE SET count = c.count + EXCLUDED.count, version = c.version + 1
+    RETURNING c.post_id, c.count, c.version
 )
-SELECT (SELECT count(*) FROM changed) AS rows_changed,
-       (SELECT count(*) FROM counted) AS counters_changed
+SELECT (SELECT count(*) FROM changed) AS rows_changed, c.post_id, c.count, c.version
+FROM (SELECT) AS one LEFT JOIN counted AS c ON true
 "#;
 
 /// The batch statement as a query type of its own rather than `sql_query`:
@@ -85,7 +88,7 @@ impl QueryId for WriteBatch<'_> {
 }
 
 impl Query for WriteBatch<'_> {
-    type SqlType = (BigInt, BigInt);
+    type SqlType = (BigInt, Nullable<Text>, Nullable<BigInt>, Nullable<BigInt>);
 }
 
 impl QueryFragment<Pg> for WriteBatch<'_> {
@@ -136,11 +139,27 @@ pub async fn write_batch(
         query.at.push(change.occurred_at_micros);
         query.event_ids.push(change.event_id);
     }
-    let (rows_changed, counters_changed) = query.get_result::<(i64, i64)>(conn).await?;
+    let rows = query
+        .load::<(i64, Option<String>, Option<i64>, Option<i64>)>(conn)
+        .await?;
+    let rows_changed = <[_]>::first(&rows).map_or(0, |row| row.0);
+    let counts: Vec<CountChange> = rows
+        .into_iter()
+        .filter_map(|(_, post_id, count, version)| {
+            Some(CountChange {
+                post_id: post_id?,
+                count: VersionedCount {
+                    count: count?,
+                    version: version?,
+                },
+            })
+        })
+        .collect();
     Ok(WriteOutcome {
         pairs: latest.len(),
         rows_changed,
-        counters_changed,
+        counters_changed: counts.len() as i64,
+        counts,
     })
 }
 
@@ -162,29 +181,50 @@ fn fold_to_latest(changes: &[LikeChange]) -> Vec<&LikeChange> {
     pairs
 }
 
-/// The like count of a post; 0 for a post never liked.
-pub async fn like_count(conn: &mut AsyncPgConnection, post: &PostId) -> Result<i64, DbError> {
-    let count = like_counts::table
+/// The like count of a post and its version; 0 (version 0) for a post
+/// never liked.
+pub async fn like_count(
+    conn: &mut AsyncPgConnection,
+    post: &PostId,
+) -> Result<VersionedCount, DbError> {
+    let found = like_counts::table
         .find(post.as_str())
-        .select(like_counts::count)
-        .first::<i64>(conn)
+        .select((like_counts::count, like_counts::version))
+        .first::<(i64, i64)>(conn)
         .await
         .optional()?;
-    Ok(count.unwrap_or(0))
+    Ok(
+        found.map_or_else(VersionedCount::default, |(count, version)| VersionedCount {
+            count,
+            version,
+        }),
+    )
 }
 
-/// Counts of several posts; every requested post is in the map, 0 if never liked.
+/// Counts of several posts in one query; every requested post is in the
+/// map, 0 (version 0) if never liked.
 pub async fn like_counts(
     conn: &mut AsyncPgConnection,
     posts: &[PostId],
-) -> Result<HashMap<String, i64>, DbError> {
-    let mut counts: HashMap<String, i64> = posts.iter().map(|p| (p.to_string(), 0)).collect();
+) -> Result<HashMap<String, VersionedCount>, DbError> {
+    let mut counts: HashMap<String, VersionedCount> = posts
+        .iter()
+        .map(|p| (p.to_string(), VersionedCount::default()))
+        .collect();
     let found = like_counts::table
         .filter(like_counts::post_id.eq_any(posts.iter().map(PostId::as_str)))
-        .select((like_counts::post_id, like_counts::count))
-        .load::<(String, i64)>(conn)
+        .select((
+            like_counts::post_id,
+            like_counts::count,
+            like_counts::version,
+        ))
+        .load::<(String, i64, i64)>(conn)
         .await?;
-    counts.extend(found);
+    counts.extend(
+        found
+            .into_iter()
+            .map(|(post, count, version)| (post, VersionedCount { count, version })),
+    );
     Ok(counts)
 }
 

@@ -15,6 +15,7 @@ diesel::table! {
     like_counts (post_id) {
         post_id -> Text,
         count -> BigInt,
+        version -> BigInt,
     }
 }
 

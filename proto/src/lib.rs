@@ -14,5 +14,12 @@ pub mod pb {
     tonic::include_proto!("likes.v1");
 }
 
+/// Generated code for package `likes.events.v1`: what the service's own
+/// processes tell each other (the count changes workers push to the apis).
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod events {
+    tonic::include_proto!("likes.events.v1");
+}
+
 /// Encoded `FileDescriptorSet` of `likes.proto`, for tonic-reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("likes_descriptor");

@@ -10,6 +10,7 @@
 //!   and the header names the service sets.
 //! - [`confirm`]: publishing one persistent message and waiting for the
 //!   broker's confirm.
+//! - [`counts`]: the count changes workers push to every api.
 //! - [`dead_letters`]: moving what can never be written to the dead-letter
 //!   queue, and listing and replaying it.
 //! - [`backoff`]: the capped exponential backoff between reconnects.
@@ -19,13 +20,16 @@
 pub mod backoff;
 pub mod codec;
 pub mod confirm;
+pub mod counts;
 pub mod dead_letters;
 pub mod tls;
 pub mod topology;
 
 pub use confirm::{PublishError, confirm_channel, publish_confirmed};
-pub use lapin::{BasicProperties, Channel, Connection, message::Delivery, types::FieldTable};
+pub use lapin::{
+    BasicProperties, Channel, Connection, Error as AmqpError, message::Delivery, types::FieldTable,
+};
 pub use topology::{
-    ConnectionEvent, TopologyError, connect, connection_events, declare_topology, delete_topology,
-    event_queues, queue_consumers, queue_depth, shard_of, shard_queue,
+    ConnectionEvent, TopologyError, close, connect, connection_events, declare_topology,
+    delete_topology, event_queues, queue_consumers, queue_depth, shard_of, shard_queue,
 };

@@ -3,7 +3,9 @@
 //! start does not matter.
 //!
 //! Topology: durable event queues whose dead letters go through the default
-//! exchange to one durable dead-letter queue (default `likes.dead`). With
+//! exchange to one durable dead-letter queue (default `likes.dead`), and
+//! the fanout exchange of count changes (default `likes.counts`, see
+//! [`crate::counts`]). With
 //! `amqp.shards = 1` there is one event queue, named `amqp.queue` (default
 //! `likes.events`); with K shards there are K, `<queue>.0` … `<queue>.K-1`,
 //! and a like goes to the shard of its post id ([`shard_of`]), so one post's
@@ -64,6 +66,22 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> lapin::Result<Conne
             lapin::ConnectionState::Error,
         ))
     }))
+}
+
+/// How long [`close`] waits for the broker to answer.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Closes `connection` (and its channels), waiting at most [`CLOSE_TIMEOUT`]
+/// for the broker's answer: a connection that failed, or that the broker
+/// blocks (it then reads nothing, not even a close), may never answer, and
+/// an unbounded close held reconnects and shutdowns for as long. Past it the
+/// connection is dropped unclosed; the broker cleans up after a dead socket.
+pub async fn close(connection: &Connection, reason: &str) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "closing the AMQP connection"),
+        Err(_elapsed) => tracing::debug!("no answer to closing the AMQP connection; dropping it"),
+    }
 }
 
 /// What the broker says about a connection outside its channels' traffic.
@@ -168,6 +186,7 @@ pub async fn declare_topology(
     for queue in event_queues(settings) {
         declare_event_queue(&channel, settings, &queue).await?;
     }
+    crate::counts::declare_exchange(&channel, settings).await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }
@@ -262,8 +281,9 @@ async fn declare_event_queue(
     Ok(())
 }
 
-/// Deletes the event queue and the dead-letter queue with whatever they
-/// hold: for tests and benchmarks that made their own.
+/// Deletes the event queues, the dead-letter queue (with whatever they
+/// hold) and the counts exchange: for tests and benchmarks that made their
+/// own.
 pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) -> lapin::Result<()> {
     let mut queues = event_queues(settings);
     queues.push(settings.dead_letter_queue.clone());
@@ -272,7 +292,12 @@ pub async fn delete_topology(channel: &Channel, settings: &AmqpSettings) -> lapi
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
             .await?;
     }
-    Ok(())
+    channel
+        .exchange_delete(
+            settings.counts_exchange.as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
 }
 
 /// Messages ready in `queue` (not those delivered and unacked), by a passive

@@ -63,6 +63,7 @@ impl TestEnv {
         settings.database.url = SecretUrl::new(format!("{server}/likes_test_{id}{rest}"));
         settings.amqp.queue = format!("likes.test.{id}.events");
         settings.amqp.dead_letter_queue = format!("likes.test.{id}.dead");
+        settings.amqp.counts_exchange = format!("likes.test.{id}.counts");
         settings.api.listen = "127.0.0.1:0".parse().expect("literal address");
         // In-process services record into the process's global recorder;
         // only binaries serve metrics (tests that scrape pick free ports).

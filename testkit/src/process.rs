@@ -114,86 +114,17 @@ impl Drop for ServiceProcess {
 pub fn command(binary: &Path, settings: &Settings) -> Command {
     let mut command = Command::new(binary);
     command
-        .envs(env_of(settings))
+        .envs(
+            settings
+                .to_env()
+                .expect("settings built in code are representable as TOML"),
+        )
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdin(Stdio::null());
     command
-}
-
-/// The settings that differ between tests, as environment variables.
-fn env_of(settings: &Settings) -> Vec<(&'static str, String)> {
-    let w = &settings.worker;
-    vec![
-        ("LIKES__AMQP__URL", settings.amqp.url.expose().to_owned()),
-        ("LIKES__AMQP__QUEUE", settings.amqp.queue.clone()),
-        (
-            "LIKES__AMQP__DEAD_LETTER_QUEUE",
-            settings.amqp.dead_letter_queue.clone(),
-        ),
-        (
-            "LIKES__AMQP__QUEUE_TYPE",
-            settings.amqp.queue_type.as_str().to_owned(),
-        ),
-        (
-            "LIKES__AMQP__CLASSIC_QUEUE_VERSION",
-            settings.amqp.classic_queue_version.to_string(),
-        ),
-        (
-            "LIKES__DATABASE__URL",
-            settings.database.url.expose().to_owned(),
-        ),
-        (
-            "LIKES__DATABASE__POOL_SIZE",
-            settings.database.pool_size.to_string(),
-        ),
-        ("LIKES__API__LISTEN", settings.api.listen.to_string()),
-        (
-            "LIKES__API__CONFIRM_TIMEOUT_MS",
-            settings.api.confirm_timeout_ms.to_string(),
-        ),
-        (
-            "LIKES__API__MAX_CONCURRENT_REQUESTS",
-            settings.api.max_concurrent_requests.to_string(),
-        ),
-        (
-            "LIKES__API__MAX_CONCURRENT_STREAMS",
-            settings.api.max_concurrent_streams.to_string(),
-        ),
-        (
-            "LIKES__API__MAX_HEADER_LIST_BYTES",
-            settings.api.max_header_list_bytes.to_string(),
-        ),
-        (
-            "LIKES__API__MAX_REQUEST_BYTES_IN_FLIGHT",
-            settings.api.max_request_bytes_in_flight.to_string(),
-        ),
-        (
-            "LIKES__API__REQUEST_BODY_GRACE_MS",
-            settings.api.request_body_grace_ms.to_string(),
-        ),
-        (
-            "LIKES__DATABASE__CIRCUIT_OPEN_MS",
-            settings.database.circuit_open_ms.to_string(),
-        ),
-        (
-            "LIKES__API__METRICS_LISTEN",
-            settings.api.metrics_listen.clone(),
-        ),
-        ("LIKES__WORKER__METRICS_LISTEN", w.metrics_listen.clone()),
-        ("LIKES__WORKER__BATCH_SIZE", w.batch_size.to_string()),
-        (
-            "LIKES__WORKER__BATCH_MAX_WAIT_MS",
-            w.batch_max_wait_ms.to_string(),
-        ),
-        ("LIKES__WORKER__PREFETCH", w.prefetch.to_string()),
-        (
-            "LIKES__WORKER__RETRY_BUDGET_MS",
-            w.retry_budget_ms.to_string(),
-        ),
-    ]
 }
 
 /// Runs `command` to its end with stdout and stderr captured, killing it if

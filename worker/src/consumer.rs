@@ -104,12 +104,14 @@ pub async fn subscribe(
 /// Consumes the deliveries of `consumer` (from [`subscribe`] on `channel`)
 /// until `shutdown` is cancelled (then flushes, commits and acks the
 /// current batch) or the channel fails.
+#[allow(clippy::too_many_arguments)]
 pub async fn consume(
     channel: &Channel,
     consumer: Consumer,
     queue: &str,
     settings: &Settings,
     writer: &Writer,
+    counts: &likes_queue::counts::Publisher<'_>,
     stats: &Arc<WorkerStats>,
     shutdown: &CancellationToken,
 ) -> Result<(), WorkerError> {
@@ -120,6 +122,7 @@ pub async fn consume(
         channel,
         queue,
         writer,
+        counts,
         stats,
         settings: &settings.amqp,
         shutdown,
@@ -219,6 +222,8 @@ struct Settler<'a> {
     /// The shard's queue the batch came from.
     queue: &'a str,
     writer: &'a Writer,
+    /// Where the new counts go after each batch.
+    counts: &'a likes_queue::counts::Publisher<'a>,
     stats: &'a WorkerStats,
     settings: &'a AmqpSettings,
     shutdown: &'a CancellationToken,
@@ -297,6 +302,7 @@ impl Settler<'_> {
                     duration_ms = flush.as_millis() as u64,
                     "batch written"
                 );
+                self.push_counts(tally.counts).await;
                 Ok(())
             }
             Err(error) => {
@@ -340,7 +346,7 @@ impl Settler<'_> {
                 Ok(outcome) => {
                     self.stats
                         .statement_committed(slice.len(), outcome.rows_changed);
-                    tally.add(&outcome);
+                    tally.add(outcome);
                 }
                 Err(WriteError::Permanent(error)) if range.len() == 1 => {
                     refused.push((range.start, error));
@@ -355,6 +361,31 @@ impl Settler<'_> {
             }
         }
         Ok((tally, refused))
+    }
+
+    /// Tells the apis the new counts of the batch's posts. Best effort: a
+    /// lost message costs the apis freshness until their cache entries
+    /// expire, never a wrong count.
+    async fn push_counts(&self, counts: Vec<likes_db::CountChange>) {
+        if counts.is_empty() {
+            return;
+        }
+        let changes = counts
+            .into_iter()
+            .map(|change| likes_proto::events::CountChange {
+                post_id: change.post_id,
+                count: change.count.count,
+                version: change.count.version,
+            })
+            .collect();
+        let outcome = match self.counts.publish(changes).await {
+            Ok(()) => "published",
+            Err(error) => {
+                tracing::debug!(%error, "cannot push count changes");
+                "failed"
+            }
+        };
+        metrics::counter!("likes_count_messages_total", "outcome" => outcome).increment(1);
     }
 
     /// Dead-letters one event of `delivery`: the message itself when it
@@ -428,13 +459,17 @@ struct Tally {
     pairs: usize,
     rows_changed: i64,
     counters_changed: i64,
+    /// The new counts, in the order written (a post split over two
+    /// statements appears twice; its versions tell which is newer).
+    counts: Vec<likes_db::CountChange>,
 }
 
 impl Tally {
-    fn add(&mut self, outcome: &likes_db::WriteOutcome) {
+    fn add(&mut self, outcome: likes_db::WriteOutcome) {
         self.statements += 1;
         self.pairs += outcome.pairs;
         self.rows_changed += outcome.rows_changed;
         self.counters_changed += outcome.counters_changed;
+        self.counts.extend(outcome.counts);
     }
 }

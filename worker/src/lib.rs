@@ -94,7 +94,7 @@ impl Worker {
                 Err(WorkerError::Topology(
                     error @ likes_queue::TopologyError::ShardsChanged { .. },
                 )) => {
-                    close_abandoned(&connection, "refused").await;
+                    likes_queue::close(&connection, "refused").await;
                     return Err(error.into());
                 }
                 Err(error) if shutdown.is_cancelled() => {
@@ -110,7 +110,7 @@ impl Worker {
                         .increment(1);
                     readiness.not_ready("lost RabbitMQ; reconnecting");
                     tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "lost RabbitMQ; reconnecting");
-                    close_abandoned(&connection, "reconnecting").await;
+                    likes_queue::close(&connection, "reconnecting").await;
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(delay) => {}
@@ -157,6 +157,7 @@ impl Worker {
         for _ in &queues {
             channels.push(connection.create_channel().await?);
         }
+        let counts = likes_queue::counts::Publisher::new(connection, &self.settings.amqp);
         let consumers = futures_util::future::try_join_all(
             channels
                 .iter()
@@ -175,6 +176,7 @@ impl Worker {
                         queue,
                         &self.settings,
                         &self.writer,
+                        &counts,
                         &self.stats,
                         shutdown,
                     )
@@ -193,25 +195,6 @@ impl Worker {
         }
         connection.close(200, "shutdown".into()).await?;
         Ok(())
-    }
-}
-
-/// How long closing a connection that failed may take. Past it the
-/// connection is dropped unclosed: the broker cleans up after a dead socket.
-const ABANDON_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Closes a connection the worker is leaving after an error, without
-/// waiting on it for long. The error can come from a channel before lapin
-/// marks the connection itself failed (its socket was reset: a node was
-/// stopped or killed); a close sent then is never answered and, unbounded,
-/// held the reconnect for tens of seconds while the queue filled up.
-async fn close_abandoned(connection: &lapin::Connection, reason: &str) {
-    let closing = connection.close(200, reason.into());
-    if tokio::time::timeout(ABANDON_CLOSE_TIMEOUT, closing)
-        .await
-        .is_err()
-    {
-        tracing::debug!("no answer to closing the failed connection; dropping it");
     }
 }
 

@@ -88,6 +88,42 @@ pub const METRICS: &[Metric] = &[
         COUNT,
         "Calls ended with DEADLINE_EXCEEDED by the caller's deadline.",
     ),
+    metric(
+        "likes_amqp_blocked",
+        Gauge,
+        None,
+        "1 while RabbitMQ blocks the api's publishing connection (a memory or disk alarm), else 0.",
+    ),
+    metric(
+        "likes_count_cache_lookups_total",
+        Counter,
+        COUNT,
+        "Posts looked up in the count cache, by result: hit (fresh), miss (loaded or failed), stale (served past expiry while PostgreSQL could not be read).",
+    ),
+    metric(
+        "likes_count_cache_loads_total",
+        Counter,
+        COUNT,
+        "Queries loading counts into the cache (concurrent misses of one post load once).",
+    ),
+    metric(
+        "likes_count_pushes_total",
+        Counter,
+        COUNT,
+        "Count changes pushed by the workers, by outcome: applied, or stale (the cache held a newer version).",
+    ),
+    metric(
+        "likes_count_cache_entries",
+        Gauge,
+        COUNT,
+        "Posts in the count cache (approximate).",
+    ),
+    metric(
+        "likes_count_subscription_up",
+        Gauge,
+        None,
+        "1 while the api follows the count changes the workers push, else 0 (counts then expire after api.count_cache_ttl_ms).",
+    ),
     // worker
     metric(
         "likes_batches_total",
@@ -144,16 +180,16 @@ pub const METRICS: &[Metric] = &[
         "Failed batch writes retried in place.",
     ),
     metric(
+        "likes_count_messages_total",
+        Counter,
+        COUNT,
+        "Count-change messages pushed to the apis after committed batches, by outcome: published or failed.",
+    ),
+    metric(
         "likes_queue_depth",
         Gauge,
         COUNT,
         "Ready messages in the event queues this worker consumes.",
-    ),
-    metric(
-        "likes_amqp_blocked",
-        Gauge,
-        None,
-        "1 while RabbitMQ blocks the api's publishing connection (a memory or disk alarm), else 0.",
     ),
     // both
     metric(

@@ -1,0 +1,342 @@
+//! The count cache: posts' counts in memory, kept current by the changes
+//! the workers push after each batch, so that a post read by every viewer
+//! costs PostgreSQL one query per expiry, not one per read.
+//!
+//! An entry is fresh for `api.count_cache_ttl_ms` after it was loaded or
+//! last changed by a push; a push replaces it only when its version is
+//! newer, so pushes that arrive out of order (two workers, a slow api) never
+//! move a count back. A read of a missing or expired entry loads it, and
+//! concurrent loads of one post are one query (moka's per-key compute
+//! runs them one after another, and all but the first find it fresh).
+//! While PostgreSQL cannot be read, an expired entry is still served up to
+//! `api.count_max_stale_ms` past its expiry; a read with nothing to serve
+//! fails fast, as the pool's circuit does.
+//!
+//! How stale a count can be: normally one worker batch plus the push's
+//! trip (milliseconds); with pushes lost, at most the TTL; with PostgreSQL
+//! unreachable, at most the TTL plus `count_max_stale_ms`.
+
+use futures_util::StreamExt;
+use likes_common::config::{AmqpSettings, ApiSettings};
+use likes_common::ids::PostId;
+use likes_db::{DbError, PgPool, VersionedCount, repository};
+use likes_proto::events::CountChange;
+use likes_queue::backoff::Reconnect;
+use moka::ops::compute::{CompResult, Op};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Posts whose counts one api keeps. An entry is a few dozen bytes plus
+/// its post id, so this is a few MiB at most; the hottest posts, the ones
+/// that matter, stay (moka admits and evicts by frequency).
+const MAX_ENTRIES: u64 = 100_000;
+
+/// A count as cached, and since when it is known to be current.
+#[derive(Debug, Clone, Copy)]
+struct Cached {
+    count: VersionedCount,
+    since: Instant,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct CountCache {
+    cache: moka::future::Cache<String, Cached>,
+    pool: PgPool,
+    ttl: Duration,
+    max_stale: Duration,
+    metrics: Arc<CacheMetrics>,
+}
+
+#[derive(Debug)]
+struct CacheMetrics {
+    hits: metrics::Counter,
+    misses: metrics::Counter,
+    stale: metrics::Counter,
+    loads: metrics::Counter,
+    applied: metrics::Counter,
+    ignored: metrics::Counter,
+    entries: metrics::Gauge,
+}
+
+impl CacheMetrics {
+    fn new() -> Self {
+        let lookup = |result: &'static str| metrics::counter!("likes_count_cache_lookups_total", "result" => result);
+        let push = |outcome: &'static str| metrics::counter!("likes_count_pushes_total", "outcome" => outcome);
+        Self {
+            hits: lookup("hit"),
+            misses: lookup("miss"),
+            stale: lookup("stale"),
+            loads: metrics::counter!("likes_count_cache_loads_total"),
+            applied: push("applied"),
+            ignored: push("stale"),
+            entries: metrics::gauge!("likes_count_cache_entries"),
+        }
+    }
+}
+
+impl CountCache {
+    pub fn new(pool: PgPool, settings: &ApiSettings) -> Self {
+        let ttl = settings.count_cache_ttl();
+        let max_stale = settings.count_max_stale();
+        Self {
+            cache: moka::future::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl.saturating_add(max_stale))
+                .build(),
+            pool,
+            ttl,
+            max_stale,
+            metrics: Arc::new(CacheMetrics::new()),
+        }
+    }
+
+    /// The count of `post`: from memory while fresh, else loaded (one query
+    /// for concurrent readers), else, while PostgreSQL cannot be read, from
+    /// memory while within the staleness bound.
+    pub async fn count(&self, post: &PostId) -> Result<i64, DbError> {
+        let now = Instant::now();
+        if let Some(cached) = self.cache.get(post.as_str()).await
+            && self.is_fresh(&cached, now)
+        {
+            self.metrics.hits.increment(1);
+            return Ok(cached.count.count);
+        }
+        self.metrics.misses.increment(1);
+        let computed = self
+            .cache
+            .entry_by_ref(post.as_str())
+            .and_try_compute_with(|existing| async move {
+                if let Some(existing) = &existing
+                    && self.is_fresh(existing.value(), Instant::now())
+                {
+                    return Ok(Op::Nop);
+                }
+                self.metrics.loads.increment(1);
+                let mut conn = likes_db::checkout(&self.pool).await?;
+                let loaded = repository::like_count(&mut conn, post).await?;
+                Ok::<_, DbError>(Op::Put(newer(existing.map(|e| e.into_value()), loaded)))
+            })
+            .await;
+        self.metrics.entries.set(self.cache.entry_count() as f64);
+        match computed {
+            Ok(
+                CompResult::Inserted(entry)
+                | CompResult::ReplacedWith(entry)
+                | CompResult::Unchanged(entry),
+            ) => Ok(entry.into_value().count.count),
+            Ok(CompResult::StillNone(_) | CompResult::Removed(_)) => {
+                unreachable!("the load puts a value or fails")
+            }
+            Err(error) if error.is_transient() => match self.cache.get(post.as_str()).await {
+                Some(cached) if self.is_servable(&cached) => {
+                    self.metrics.stale.increment(1);
+                    Ok(cached.count.count)
+                }
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The counts of `posts`: the fresh ones from memory, every other in
+    /// one query; while PostgreSQL cannot be read, stale ones within the
+    /// bound, or the error if any post has nothing to serve.
+    pub async fn counts(&self, posts: &[PostId]) -> Result<HashMap<String, i64>, DbError> {
+        let now = Instant::now();
+        let mut answer = HashMap::with_capacity(posts.len());
+        let mut missing = Vec::new();
+        let mut stale = HashMap::new();
+        for post in posts {
+            match self.cache.get(post.as_str()).await {
+                Some(cached) if self.is_fresh(&cached, now) => {
+                    answer.insert(post.to_string(), cached.count.count);
+                }
+                Some(cached) => {
+                    stale.insert(post.as_str(), cached);
+                    missing.push(post.clone());
+                }
+                None => missing.push(post.clone()),
+            }
+        }
+        self.metrics.hits.increment(answer.len() as u64);
+        if missing.is_empty() {
+            return Ok(answer);
+        }
+        self.metrics.misses.increment(missing.len() as u64);
+        self.metrics.loads.increment(1);
+        let loaded = async {
+            let mut conn = likes_db::checkout(&self.pool).await?;
+            repository::like_counts(&mut conn, &missing).await
+        }
+        .await;
+        match loaded {
+            Ok(loaded) => {
+                for (post, count) in loaded {
+                    let kept = self.put(post.clone(), count).await;
+                    answer.insert(post, kept.count);
+                }
+                self.metrics.entries.set(self.cache.entry_count() as f64);
+                Ok(answer)
+            }
+            Err(error) if error.is_transient() => {
+                for post in &missing {
+                    match stale.get(post.as_str()) {
+                        Some(cached) if self.is_servable(cached) => {
+                            answer.insert(post.to_string(), cached.count.count);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+                self.metrics.stale.increment(missing.len() as u64);
+                Ok(answer)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Applies pushed changes: each replaces its post's count unless the
+    /// cache holds one as new or newer.
+    pub async fn apply(&self, changes: Vec<CountChange>) {
+        for change in changes {
+            let pushed = VersionedCount {
+                count: change.count,
+                version: change.version,
+            };
+            let outcome = self
+                .cache
+                .entry(change.post_id)
+                .and_compute_with(|existing| async move {
+                    match existing {
+                        Some(existing) if existing.value().count.version >= pushed.version => {
+                            Op::Nop
+                        }
+                        _ => Op::Put(Cached {
+                            count: pushed,
+                            since: Instant::now(),
+                        }),
+                    }
+                })
+                .await;
+            match outcome {
+                CompResult::Unchanged(_) | CompResult::StillNone(_) => {
+                    self.metrics.ignored.increment(1);
+                }
+                _ => self.metrics.applied.increment(1),
+            }
+        }
+        self.metrics.entries.set(self.cache.entry_count() as f64);
+    }
+
+    /// Forgets every count: after pushes may have been missed.
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+        self.metrics.entries.set(0.0);
+    }
+
+    /// Caches a loaded count unless a newer one arrived meanwhile; what is
+    /// cached afterwards.
+    async fn put(&self, post: String, loaded: VersionedCount) -> VersionedCount {
+        let outcome = self
+            .cache
+            .entry(post)
+            .and_compute_with(|existing| async move {
+                Op::Put(newer(existing.map(|e| e.into_value()), loaded))
+            })
+            .await;
+        match outcome {
+            CompResult::Inserted(entry) | CompResult::ReplacedWith(entry) => {
+                entry.into_value().count
+            }
+            _ => loaded,
+        }
+    }
+
+    fn is_fresh(&self, cached: &Cached, now: Instant) -> bool {
+        now.saturating_duration_since(cached.since) <= self.ttl
+    }
+
+    /// Whether a cached count may still be served while PostgreSQL cannot
+    /// be read.
+    fn is_servable(&self, cached: &Cached) -> bool {
+        cached.since.elapsed() <= self.ttl.saturating_add(self.max_stale)
+    }
+}
+
+/// What to cache after loading `loaded`: it, fresh from now, unless the
+/// entry already holds a newer version (pushed while the load ran, or read
+/// from a replica that lags), which is kept and counts as fresh.
+fn newer(existing: Option<Cached>, loaded: VersionedCount) -> Cached {
+    let count = match existing {
+        Some(existing) if existing.count.version > loaded.version => existing.count,
+        _ => loaded,
+    };
+    Cached {
+        count,
+        since: Instant::now(),
+    }
+}
+
+/// Keeps `cache` current with the changes the workers push, on a
+/// connection of its own (named `likes-api-counts`), until `shutdown` is
+/// cancelled. Every (re)subscription clears the cache first: changes may
+/// have been missed while unsubscribed. `likes_count_subscription_up` says
+/// whether it is subscribed.
+pub async fn follow_pushes(cache: CountCache, settings: AmqpSettings, shutdown: CancellationToken) {
+    let up = metrics::gauge!("likes_count_subscription_up");
+    up.set(0.0);
+    let mut backoff = Reconnect::new();
+    loop {
+        let connection = tokio::select! {
+            () = shutdown.cancelled() => return,
+            connected = likes_queue::connect(&settings, "likes-api-counts") => connected,
+        };
+        let ended = match connection {
+            Ok(connection) => {
+                let ended = tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    ended = follow_on(&connection, &cache, &settings, &up, &mut backoff) => Some(ended),
+                };
+                up.set(0.0);
+                likes_queue::close(&connection, "stopped following").await;
+                match ended {
+                    None => return,
+                    Some(reason) => reason,
+                }
+            }
+            Err(error) => error.to_string(),
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(reason = %ended, retry_in_ms = delay.as_millis() as u64, "count changes not followed; counts expire after api.count_cache_ttl_ms meanwhile");
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Follows the changes on `connection` until it fails; why it ended.
+async fn follow_on(
+    connection: &likes_queue::Connection,
+    cache: &CountCache,
+    settings: &AmqpSettings,
+    up: &metrics::Gauge,
+    backoff: &mut Reconnect,
+) -> String {
+    let mut changes = match likes_queue::counts::subscribe(connection, settings).await {
+        Ok(changes) => changes,
+        Err(error) => return error.to_string(),
+    };
+    cache.clear();
+    up.set(1.0);
+    *backoff = Reconnect::new();
+    tracing::info!("following count changes");
+    loop {
+        match changes.next().await {
+            Some(Ok(batch)) => cache.apply(batch).await,
+            Some(Err(error)) => return error.to_string(),
+            None => return "the subscription ended".to_owned(),
+        }
+    }
+}

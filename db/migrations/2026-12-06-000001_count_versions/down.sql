@@ -1,0 +1,1 @@
+ALTER TABLE like_counts DROP COLUMN version;
