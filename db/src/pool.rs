@@ -34,10 +34,13 @@ impl PgPool {
         self.pool.state()
     }
 
-    /// Whether every connection the pool may have is open and in use.
+    /// Whether every connection the pool may have is open: a checkout that
+    /// timed out then waited for one of them to be handed back (a
+    /// connection handed back sits idle for a moment before a waiter takes
+    /// it, so idle connections say nothing here). Connections that break
+    /// are dropped, so in an outage fewer are open.
     fn is_busy(&self) -> bool {
-        let state = self.pool.state();
-        state.connections >= self.max_size && state.idle_connections == 0
+        self.pool.state().connections >= self.max_size
     }
 }
 
@@ -76,10 +79,10 @@ pub async fn checkout(pool: &PgPool) -> Result<PooledConnection<'_>, DbError> {
             circuit.succeeded(admitted);
             Ok(conn)
         }
-        // Every connection is open and in use: the pool is busy, not the
-        // database down. An overload must not open the circuit (which
-        // would fail every checkout for a while); a trial checkout that met
-        // it hands the trial on (the guard).
+        // Every connection is open and was in use all along: the pool is
+        // busy, not the database down. An overload must not open the
+        // circuit (which would fail every checkout for a while); a trial
+        // checkout that met it hands the trial on (the guard).
         Err(bb8::RunError::TimedOut) if pool.is_busy() => Err(DbError::PoolBusy),
         Err(error) => {
             trial.armed = false;
@@ -164,6 +167,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         // the error is retried, and bb8 drops the connection
         // (`has_broken`), so the next checkout gets a fresh one.
         .test_on_check_out(false)
+        // Every connection open from the start and kept open: no spike
+        // waits for connections to be set up, and a checkout that times
+        // out with all of them in use is the pool being busy, not the
+        // database being away (see `checkout`).
+        .min_idle(Some(settings.pool_size))
         .connection_timeout(settings.connect_timeout())
         .error_sink(Box::new(CircuitSink(Arc::clone(&circuit))))
         .build(manager)

@@ -44,10 +44,11 @@ use likes_common::{
     config::{SecretUrl, WorkerSettings},
 };
 use likes_testkit::TestEnv;
+use likes_testkit::commits::CommitCounter;
 use likes_testkit::verify::{Stored, Verification};
 use likes_worker::stats::WorkerStats;
 use monitor::{Monitor, Persisted, Sample};
-use probe::{CommitCounter, Probe};
+use probe::Probe;
 use report::{Comparison, Latency, ProcessCpu, Scenario, SystemReport, WorkerSummary};
 use scenario::{Expectation, Ledger, Names, Stop, Workload};
 use std::{

@@ -8,6 +8,7 @@
 
 mod cleanup;
 pub mod cluster;
+pub mod commits;
 pub mod faults;
 pub mod http2;
 pub mod load;

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real api and worker against the real RabbitMQ and
 //! PostgreSQL on localhost, each test with its own database and queues.
 
+mod counts;
 mod envelopes;
 mod faults;
 mod grpcurl;
@@ -8,7 +9,6 @@ mod ordering;
 mod pipeline;
 mod poison;
 mod protocol;
-mod reads;
 mod run_script;
 mod security;
 mod shards;
