@@ -114,17 +114,29 @@ impl Drop for ServiceProcess {
 pub fn command(binary: &Path, settings: &Settings) -> Command {
     let mut command = Command::new(binary);
     command
-        .envs(
-            settings
-                .to_env()
-                .expect("settings built in code are representable as TOML"),
-        )
+        .envs(env_of(settings))
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdin(Stdio::null());
     command
+}
+
+/// The settings that differ from the defaults, as `LIKES__*` variables:
+/// every one of them (a new setting reaches the child with no list to
+/// keep), and only them (so a settings file the test hands the child still
+/// decides the rest).
+fn env_of(settings: &Settings) -> Vec<(String, String)> {
+    let all = |s: &Settings| {
+        s.to_env()
+            .expect("settings built in code are representable as TOML")
+    };
+    let defaults = all(&Settings::defaults());
+    all(settings)
+        .into_iter()
+        .filter(|var| !defaults.contains(var))
+        .collect()
 }
 
 /// Runs `command` to its end with stdout and stderr captured, killing it if
