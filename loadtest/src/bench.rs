@@ -18,6 +18,7 @@ use crate::{
     ceiling::{self, Ceiling, GrpcOptions, SharedSpike, pipe::Pipe, pipe::QueueKind},
     processes::{Services, counter_total},
     reads::{ReadOptions, Reads},
+    viewers::{self, SharedReads},
 };
 use anyhow::Context;
 use clap::{Args, Parser};
@@ -81,6 +82,15 @@ pub struct BenchResults {
     pub crowd_worker_peak_rss_mib: Option<f64>,
     /// GetLikeCount on the crowd's hottest and coldest post.
     pub reads: Vec<Reads>,
+    /// The read side of the viral post (needs `../shared/grpc-ceiling`).
+    #[serde(default)]
+    pub viewers: Option<Viewers>,
+    /// From a Like's OK to its post's count showing it, idle service.
+    #[serde(default)]
+    pub freshness_us: Option<crate::report::Latency>,
+    /// A second api with its database link cut.
+    #[serde(default)]
+    pub outage: Option<viewers::Outage>,
     /// The spike on quorum queues (the median of as many trials).
     pub quorum: Report,
     pub quorum_likes_per_message: Option<f64>,
@@ -89,6 +99,28 @@ pub struct BenchResults {
     /// The queue kind of the default settings (the spike's).
     pub queue: String,
 }
+
+/// The read side of the viral post, after the default spike.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Viewers {
+    /// The shared read ceiling: its readers against its echo server.
+    pub echo_reads_per_s: Option<f64>,
+    /// The same readers against the api, reading the spike's hot post.
+    pub reads: SharedReads,
+    /// PostgreSQL transactions of the api's database per read meanwhile.
+    pub transactions_per_read: f64,
+    /// The open-loop Like rate of the next two.
+    pub like_rate: u32,
+    /// Likes at that rate, alone.
+    pub likes_alone: Report,
+    /// Likes at that rate while the readers read.
+    pub likes_with_readers: Report,
+    /// What the readers did during those Likes.
+    pub readers_during_likes: Option<SharedReads>,
+}
+
+/// The open-loop Like rate the readers' cost on the writes is read at.
+const LIKE_RATE_UNDER_READERS: u32 = 3_000;
 
 fn scaled(n: u64, scale: f64, least: u64) -> u64 {
     ((n as f64 * scale).round() as u64).max(least)
@@ -176,6 +208,46 @@ async fn spikes(
             .expect("at least one trial ran"),
     };
     Ok((report, likes_per_message, rates))
+}
+
+/// The read side after the default spike: the shared readers on the hot
+/// post of the shared client's spike `run_id` (the echo's read ceiling
+/// right before), then Likes at a fixed rate alone and with the readers.
+async fn read_side(
+    services: &Services,
+    broker: Option<u32>,
+    run_id: &str,
+    scale: f64,
+    out: &std::path::Path,
+) -> anyhow::Result<Option<Viewers>> {
+    eprintln!("== viewers: the shared read ceiling, then its readers on the api");
+    let echo_reads_per_s = tokio::task::spawn_blocking(viewers::echo_reads).await?;
+    let seconds = u32::try_from(scaled(10, scale, 2)).unwrap_or(10);
+    let Some((reads, transactions_per_read)) =
+        viewers::reads_and_their_cost(services, run_id, seconds).await?
+    else {
+        return Ok(None);
+    };
+    let rate = LIKE_RATE_UNDER_READERS.to_string();
+    let duration = seconds.to_string();
+    let open = ["--rate", rate.as_str(), "--duration", duration.as_str()];
+    let likes_alone = phase("likes-alone", services, broker, &open, out).await?;
+    // The readers start first and stop after the Likes.
+    let readers =
+        viewers::readers_in_background(services.api_addr(), run_id.to_owned(), seconds + 6);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let likes_with_readers = phase("likes-with-readers", services, broker, &open, out).await?;
+    let readers_during_likes =
+        tokio::task::spawn_blocking(move || readers.join().ok().flatten()).await?;
+    Ok(Some(Viewers {
+        echo_reads_per_s,
+        reads,
+        transactions_per_read,
+        like_rate: LIKE_RATE_UNDER_READERS,
+        likes_alone,
+        likes_with_readers,
+        readers_during_likes,
+    }))
 }
 
 /// The hottest and the coldest post of the processes' database.
@@ -275,6 +347,13 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
             }
         }
     }
+    let viewers = match <[_]>::first(&shared_client_spikes) {
+        Some(_) => {
+            let run_id = format!("bench-{}-1", std::process::id());
+            read_side(&services, broker, &run_id, scale, out).await?
+        }
+        None => None,
+    };
     let lone_likes = scaled(2_000, scale, 200).to_string();
     let lone = phase(
         "lone",
@@ -291,6 +370,18 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         out,
     )
     .await?;
+    eprintln!("== freshness");
+    let freshness_us = Some(
+        viewers::freshness(
+            &services.api_addr(),
+            "fresh",
+            u32::try_from(scaled(200, scale, 20)).unwrap_or(200),
+        )
+        .await?,
+    );
+    eprintln!("== outage");
+    let hot = hot_and_cold(&services).await?.remove(0);
+    let outage = Some(viewers::outage(&bin_dir, &services, &hot).await?);
     let half_rate = spike_report
         .pipeline
         .persisted_per_s
@@ -368,6 +459,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         crowd_api_peak_rss_mib,
         crowd_worker_peak_rss_mib,
         reads,
+        viewers,
+        freshness_us,
+        outage,
         quorum,
         quorum_likes_per_message,
         quorum_trials,
@@ -444,6 +538,71 @@ fn verdict(met: Option<bool>, word: &str) -> &str {
         Some(false) => word,
         None => "",
     }
+}
+
+/// The read side's table: what was measured, as ratios where a ceiling
+/// was measured beside it.
+fn viewers_summary(s: &mut String, r: &BenchResults) {
+    let _ = writeln!(s, "| Reads of the viral post | Measured |");
+    let _ = writeln!(s, "|---|---|");
+    if let Some(v) = &r.viewers {
+        let echo = v.echo_reads_per_s;
+        let _ = writeln!(
+            s,
+            "| GetLikeCount of the hot post, 64 readers: api / shared echo | {} / {} = **{}** (api p99 {:.1} ms, {} errors) |",
+            n(v.reads.reads_per_s),
+            or_na(echo.map(n)),
+            or_na(echo.map(|e| format!("{:.2}", v.reads.reads_per_s / e))),
+            v.reads.p99_ms,
+            v.reads.errors
+        );
+        let _ = writeln!(
+            s,
+            "| PostgreSQL transactions per read meanwhile | **{:.4}** |",
+            v.transactions_per_read
+        );
+        let alone = v.likes_alone.pipeline.like_latency_us.p99;
+        let with = v.likes_with_readers.pipeline.like_latency_us.p99;
+        let _ = writeln!(
+            s,
+            "| Like p99 at {}/s (open loop): with the 64 readers / alone | {} / {} = **{:.2}×** |",
+            n(f64::from(v.like_rate)),
+            ms(with),
+            ms(alone),
+            with as f64 / alone.max(1) as f64
+        );
+        if let Some(during) = &v.readers_during_likes {
+            let _ = writeln!(
+                s,
+                "| … the readers meanwhile | {}/s, p99 {:.1} ms, {} errors |",
+                n(during.reads_per_s),
+                during.p99_ms,
+                during.errors
+            );
+        }
+    } else {
+        let _ = writeln!(s, "| readers (`../shared/grpc-ceiling`) | not run |");
+    }
+    if let Some(fresh) = &r.freshness_us {
+        let _ = writeln!(
+            s,
+            "| from a Like's OK to its count showing it, idle service ({} Likes): p50 / p99 | {} / **{}** |",
+            fresh.count,
+            ms(fresh.p50),
+            ms(fresh.p99)
+        );
+    }
+    if let Some(outage) = &r.outage {
+        let _ = writeln!(
+            s,
+            "| PostgreSQL unreachable: cached hot count served / read; a cold read fails in p50 / max | {} / {}; {} / **{}** |",
+            outage.hot_served,
+            outage.hot_reads,
+            ms(outage.cold_fail_us.p50),
+            ms(outage.cold_fail_us.max)
+        );
+    }
+    let _ = writeln!(s);
 }
 
 /// The markdown summary of a run: the bar of BENCHMARKS.md, then the
@@ -635,6 +794,7 @@ pub fn summary(r: &BenchResults) -> String {
         );
     }
     let _ = writeln!(s);
+    viewers_summary(&mut s, r);
     for (what, trials) in [
         ("default spike", &r.spike_trials),
         ("quorum spike", &r.quorum_trials),
@@ -810,6 +970,9 @@ mod tests {
             crowd_api_peak_rss_mib: Some(60.0),
             crowd_worker_peak_rss_mib: Some(40.0),
             reads: Vec::new(),
+            viewers: None,
+            freshness_us: None,
+            outage: None,
             quorum: report(33_000.0, 11_000, &[("broker", 9.0)]),
             quorum_likes_per_message: None,
             quorum_trials: Vec::new(),

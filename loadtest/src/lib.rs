@@ -30,6 +30,7 @@ pub mod procfs;
 pub mod reads;
 pub mod report;
 pub mod scenario;
+pub mod viewers;
 
 pub use monitor::ProgressView;
 pub use options::{Baseline, Options};

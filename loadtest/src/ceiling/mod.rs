@@ -402,7 +402,7 @@ fn parse_shared_spike(stdout: &str) -> Option<SharedSpike> {
 
 /// Runs `../shared/<tool>/run.sh ARGS`: whether it exited 0, and its stdout;
 /// `None` when the tool is not there or could not be started.
-fn run_shared(tool: &str, args: &[&str]) -> Option<(bool, String)> {
+pub(crate) fn run_shared(tool: &str, args: &[&str]) -> Option<(bool, String)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared")
         .join(tool);
