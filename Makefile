@@ -10,7 +10,7 @@ run: services
 
 ## The whole test suite, with its set-up (services, and the test tools in target/tools).
 test: services tools
-	$(CARGO) test --workspace --locked
+	$(CARGO) test --workspace --locked -- --include-ignored
 
 ## Load test in release mode (api and worker in-process, fresh database and
 ## queues), e.g. make loadtest ARGS="--likes 100000 --baseline direct".
@@ -82,14 +82,14 @@ $(TOOLS)/compose-spec.json:
 	rm -rf $(TOOLS)/npm
 
 ## The compose files against the Compose specification and config/default.toml
-## (Rust tests in loadtest/tests/it/compose.rs; part of make test too).
+## (checks/tests/it/compose.rs; part of make test too).
 check-compose: tools
-	$(CARGO) test --locked -p likes-loadtest --test it compose::
+	$(CARGO) test --locked -p likes-checks --test it compose:: -- --include-ignored
 
 ## The Kubernetes example (deploy/k8s) against the Kubernetes and KEDA schemas
-## and config/default.toml (loadtest/tests/it/k8s.rs; part of make test too).
+## and config/default.toml (checks/tests/it/k8s.rs; part of make test too).
 check-k8s: tools
-	$(CARGO) test --locked -p likes-loadtest --test it k8s::
+	$(CARGO) test --locked -p likes-checks --test it k8s:: -- --include-ignored
 
 ## lapin against amqprs in a publish-confirm loop (experiments/amqp-client-rounds,
 ## a crate outside the workspace; ~2 min).

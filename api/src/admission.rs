@@ -8,18 +8,19 @@
 //! health, reflection) have budgets of their own, `api.max_concurrent_requests`
 //! places each, so however many reads wait, a Like is never refused for
 //! their sake. With the per-connection stream limit
-//! (`api.max_concurrent_streams`, enforced by h2) this bounds what calls
+//! (`MAX_CONCURRENT_STREAMS`, enforced by h2) this bounds what calls
 //! that never finish sending can hold.
 //!
 //! Request bodies are metered on the way in: each call counts the size of
 //! the gRPC message its body announces against one global budget
-//! (`api.max_request_bytes_in_flight`); a body that would go over it fails
+//! (the requests of every place at their largest, at most 64 MiB); a body
+//! that would go over it fails
 //! with RESOURCE_EXHAUSTED.
 //!
 //! Half-sent requests must not lock callers out: when every place of a
 //! budget is taken, a new call takes the place of the oldest call of that
 //! budget (LikeService or health) whose request body has been waiting on the
-//! network for longer than `api.request_body_grace_ms`. That call ends with
+//! network for longer than [`REQUEST_BODY_GRACE`]. That call ends with
 //! RESOURCE_EXHAUSTED; its handler never ran, because tonic hands a unary
 //! request to the handler only once the whole body has arrived. Reflection
 //! is a bidirectional stream whose body stays open by design: it is never
@@ -114,15 +115,36 @@ pub struct Admission {
     max_message: usize,
 }
 
+/// When every place is taken, a call whose request body has waited on the
+/// network this long gives its place to a new one: far longer than a
+/// healthy client needs to send a request of a few hundred bytes, short
+/// enough that half-sent requests cannot lock callers out.
+pub const REQUEST_BODY_GRACE: Duration = Duration::from_millis(200);
+
+/// The cap of the request bytes being received at once: more than this is
+/// an attack, not a load.
+const REQUEST_BYTES_IN_FLIGHT_CAP: usize = 64 * 1024 * 1024;
+
 impl Admission {
+    /// Places of `api.max_concurrent_requests` each for writes and reads; a
+    /// byte budget of that many requests of the largest size, at most 64 MiB.
     pub fn new(settings: &ApiSettings) -> Self {
+        let limit = settings.max_concurrent_requests.get();
+        let max_message = crate::MAX_REQUEST_BYTES;
+        let budget = limit
+            .saturating_mul(max_message)
+            .min(REQUEST_BYTES_IN_FLIGHT_CAP);
+        Self::with_limits(limit, REQUEST_BODY_GRACE, budget, max_message)
+    }
+
+    fn with_limits(limit: usize, grace: Duration, budget: usize, max_message: usize) -> Self {
         Self {
-            writes: Places::new(settings.max_concurrent_requests),
-            reads: Places::new(settings.max_concurrent_requests),
-            grace: settings.request_body_grace(),
-            budget: settings.request_bytes_in_flight(),
+            writes: Places::new(limit),
+            reads: Places::new(limit),
+            grace,
+            budget,
             bytes: AtomicUsize::new(0),
-            max_message: settings.max_request_bytes,
+            max_message,
         }
     }
 
@@ -551,11 +573,12 @@ mod tests {
     use super::*;
 
     fn admission(limit: usize, grace_ms: u64, budget: usize) -> Arc<Admission> {
-        let mut settings = likes_common::Settings::defaults().api;
-        settings.max_concurrent_requests = limit;
-        settings.request_body_grace_ms = grace_ms;
-        settings.max_request_bytes_in_flight = budget;
-        Arc::new(Admission::new(&settings))
+        Arc::new(Admission::with_limits(
+            limit,
+            Duration::from_millis(grace_ms),
+            budget,
+            crate::MAX_REQUEST_BYTES,
+        ))
     }
 
     fn place(admission: &Arc<Admission>) -> Option<Place> {

@@ -280,13 +280,15 @@ fn newer(existing: Option<Cached>, loaded: VersionedCount) -> Cached {
 
 /// Keeps `cache` current with the changes the workers push, on a
 /// connection of its own (named `likes-api-counts`), until `shutdown` is
-/// cancelled. Every (re)subscription clears the cache first: changes may
-/// have been missed while unsubscribed. `likes_count_subscription_up` says
-/// whether it is subscribed.
+/// cancelled. Every resubscription clears the cache first: changes may have
+/// been missed while unsubscribed. (Counts read before the first
+/// subscription are kept: like a lost push, what they missed expires with
+/// them.) `likes_count_subscription_up` says whether it is subscribed.
 pub async fn follow_pushes(cache: CountCache, settings: AmqpSettings, shutdown: CancellationToken) {
     let up = metrics::gauge!("likes_count_subscription_up");
     up.set(0.0);
     let mut backoff = Reconnect::new();
+    let mut subscribed_before = false;
     loop {
         let connection = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -296,7 +298,7 @@ pub async fn follow_pushes(cache: CountCache, settings: AmqpSettings, shutdown: 
             Ok(connection) => {
                 let ended = tokio::select! {
                     () = shutdown.cancelled() => None,
-                    ended = follow_on(&connection, &cache, &settings, &up, &mut backoff) => Some(ended),
+                    ended = follow_on(&connection, &cache, &settings, &up, &mut backoff, &mut subscribed_before) => Some(ended),
                 };
                 up.set(0.0);
                 likes_queue::close(&connection, "stopped following").await;
@@ -323,12 +325,15 @@ async fn follow_on(
     settings: &AmqpSettings,
     up: &metrics::Gauge,
     backoff: &mut Reconnect,
+    subscribed_before: &mut bool,
 ) -> String {
     let mut changes = match likes_queue::counts::subscribe(connection, settings).await {
         Ok(changes) => changes,
         Err(error) => return error.to_string(),
     };
-    cache.clear();
+    if std::mem::replace(subscribed_before, true) {
+        cache.clear();
+    }
     up.set(1.0);
     *backoff = Reconnect::new();
     tracing::info!("following count changes");

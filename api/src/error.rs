@@ -14,7 +14,7 @@
 //!   honours), and an `ErrorInfo` whose `reason` says what failed.
 //!
 //! A RESOURCE_EXHAUSTED without `RetryInfo` (a request over
-//! `api.max_request_bytes`) will fail the same way again: do not retry it.
+//! [`crate::MAX_REQUEST_BYTES`]) will fail the same way again: do not retry it.
 
 use likes_common::ids::IdError;
 use likes_db::DbError;
@@ -31,8 +31,8 @@ pub const ERROR_DOMAIN: &str = "likes.v1";
 /// starts at 100 ms) and replaces a link the broker refused on within one.
 pub const RETRY_AFTER_BROKER: Duration = Duration::from_secs(1);
 
-/// The retry delay suggested when the database cannot be read: the default
-/// `database.circuit_open_ms`, after which the api tries PostgreSQL again.
+/// The retry delay suggested when the database cannot be read: how long the
+/// pool's circuit stays open, after which the api tries PostgreSQL again.
 pub const RETRY_AFTER_DATABASE: Duration = Duration::from_millis(500);
 
 /// The retry delay suggested when the server is at one of its admission
@@ -145,7 +145,12 @@ impl From<ApiError> for Status {
                 RETRY_AFTER_OVERLOAD,
             ),
             ApiError::Database(db) if db.is_transient() => {
-                tracing::warn!(error = %db, "database read failed");
+                // The circuit logs the outage once; each read it fails does not.
+                if matches!(db, DbError::Unavailable) {
+                    tracing::debug!(error = %db, "database read refused");
+                } else {
+                    tracing::warn!(error = %db, "database read failed");
+                }
                 retryable(
                     Code::Unavailable,
                     "the database is unavailable; retry later".to_owned(),

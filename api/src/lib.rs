@@ -23,8 +23,8 @@ use counts::CountCache;
 use deadline::DeadlineLayer;
 use likes_common::Settings;
 use likes_common::config::{AmqpSettings, ApiSettings};
-use likes_common::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use likes_proto::{FILE_DESCRIPTOR_SET, pb::like_service_server::LikeServiceServer};
+use likes_service::telemetry::health::{self, Health, Probe, ReadinessReporter};
 use protocol::GrpcOnlyLayer;
 use publisher::{LinkState, LinkStatus, Packing, Publisher};
 use service::LikeApi;
@@ -40,6 +40,22 @@ use tonic::{
 };
 use tonic_health::server::HealthReporter;
 use tower::util::MapResponseLayer;
+
+/// Streams one HTTP/2 connection may have open at once (advertised as
+/// SETTINGS_MAX_CONCURRENT_STREAMS): hyper's own default, which tonic's
+/// builder removes unless set; without it one connection could open any
+/// number of header-only streams. A client opening more gets them refused
+/// (REFUSED_STREAM) before any of their bytes are kept.
+pub const MAX_CONCURRENT_STREAMS: u32 = 200;
+
+/// Largest request metadata (SETTINGS_MAX_HEADER_LIST_SIZE): far above
+/// what gRPC's own headers, a token and trace context need. Larger fails
+/// the call (HTTP 431); beyond 4 times this h2 closes the connection.
+pub const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+
+/// Largest request message: GetLikeCounts with 1000 ids of 128 bytes is
+/// about 131 KiB. Larger ones get RESOURCE_EXHAUSTED.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// A built api, bound to its listener, ready to serve.
 #[derive(Debug)]
@@ -154,12 +170,9 @@ impl Application {
                 tracing::info!("likes-api stopping: finishing calls in flight");
             }
         };
-        // hyper's default of 200 streams per connection is removed by
-        // tonic's builder unless set; without it one connection can open
-        // any number of header-only streams.
         let mut server = tonic::transport::Server::builder()
-            .max_concurrent_streams(self.settings.max_concurrent_streams)
-            .http2_max_header_list_size(self.settings.max_header_list_bytes);
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("configuring TLS")?;
         }
@@ -174,8 +187,7 @@ impl Application {
             .add_service(InterceptedService::new(reflection_v1, open_auth.clone()))
             .add_service(InterceptedService::new(reflection_v1alpha, open_auth))
             .add_service(InterceptedService::new(
-                LikeServiceServer::new(api)
-                    .max_decoding_message_size(self.settings.max_request_bytes),
+                LikeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
                 auth,
             ))
             .serve_with_incoming_shutdown(incoming(self.listener), stopping)

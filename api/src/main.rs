@@ -8,8 +8,8 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use anyhow::Context;
 use clap::Parser;
-use likes_common::{
-    Settings,
+use likes_common::Settings;
+use likes_service::{
     cli::{self, ServiceArgs, ServiceCommand, Start},
     shutdown, telemetry,
 };
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Ok(started) => started,
         Err(done) => return done,
     };
-    let outcome = likes_common::runtime::block_on(run(settings, start))
+    let outcome = likes_service::runtime::block_on(run(settings, start))
         .context("starting the tokio runtime")
         .and_then(|outcome| outcome);
     cli::exit_code(outcome)

@@ -21,12 +21,12 @@
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use likes_common::config::{AmqpSettings, ApiSettings};
-use likes_common::telemetry::otel::{self, Context};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
     Channel, Connection, ConnectionEvent, PublishError, backoff::Reconnect, codec,
     publish_confirmed,
 };
+use likes_service::telemetry::otel::{self, Context};
 use std::{
     collections::VecDeque,
     sync::{
@@ -43,7 +43,12 @@ use tokio_util::{
 };
 use tracing::Instrument;
 
-/// How often the supervisor checks that the link is still up.
+/// How often the supervisor also checks that the link is still up. lapin
+/// reports a lost socket and missed heartbeats as connection events (and a
+/// failed publish reports itself), but a close the broker initiates
+/// (`rabbitmqctl close_connection`, a node stopping) only changes the
+/// connection's status, with no event: without this an idle api would stay
+/// ready on a dead link until its next Like.
 const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 
 /// A link the broker refused a message on (a nack) is replaced, but not
@@ -66,14 +71,34 @@ pub struct Packing {
     pub confirm_timeout: Duration,
 }
 
+/// Confirm channels the api publishes on. Fewer channels let the broker
+/// confirm more messages per ack frame: 1 or 2 measured about 4% faster
+/// than 4 on the 2-core development machine (BENCHMARKS.md); more can help
+/// a broker with many cores, where each channel is a process of its own.
+const CHANNELS: usize = 2;
+
+/// Messages each channel keeps unconfirmed: one, so that what arrives
+/// during a confirm packs into the next message (2 and 4 measured no
+/// faster, and packed fewer likes per message).
+const UNCONFIRMED_PER_CHANNEL: usize = 1;
+
+/// Most events in one message: what 64 callers send during a slow confirm
+/// fits several times over, and a message stays far below the broker's
+/// frame size.
+const MAX_EVENTS_PER_MESSAGE: usize = 256;
+
+/// Most bytes of events in one message (events of the largest ids are
+/// about 300 bytes).
+const MAX_MESSAGE_BYTES: usize = 128 * 1024;
+
 impl Packing {
     pub fn from_settings(settings: &ApiSettings, amqp: &AmqpSettings) -> Self {
         Self {
-            channels: settings.publish_channels,
+            channels: CHANNELS,
             shards: amqp.shards,
-            unconfirmed_per_channel: settings.unconfirmed_per_channel,
-            max_events: settings.max_events_per_message,
-            max_bytes: settings.max_message_bytes,
+            unconfirmed_per_channel: UNCONFIRMED_PER_CHANNEL,
+            max_events: MAX_EVENTS_PER_MESSAGE,
+            max_bytes: MAX_MESSAGE_BYTES,
             confirm_timeout: settings.confirm_timeout(),
         }
     }

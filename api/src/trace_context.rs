@@ -5,7 +5,7 @@
 //! of the root of a new trace. Off, a request costs one atomic load here.
 
 use futures_util::future::Either;
-use likes_common::telemetry::otel::{self, WithContext};
+use likes_service::telemetry::otel::{self, WithContext};
 use std::task::{Context, Poll};
 use tonic::codegen::http::Request;
 use tower::{Layer, Service};

@@ -3,66 +3,23 @@
 //! Defaults live in `config/default.toml` (compiled into the binaries), an
 //! optional file (the binaries' `--config FILE`, else the one named by
 //! `LIKES_CONFIG`) overrides them, and environment variables
-//! `LIKES__<SECTION>__<KEY>` override both. The keys are a contract
-//! with deployments; the README lists each with its default:
-//!
-//! | key | default |
-//! |---|---|
-//! | `LIKES__LOG__FORMAT` | `text` (or `json`) |
-//! | `LIKES__TELEMETRY__OTLP_ENDPOINT` | empty (no traces exported) |
-//! | `LIKES__TELEMETRY__SAMPLE_RATIO` | `1.0` (share of api calls traced) |
-//! | `LIKES__API__METRICS_LISTEN` | `127.0.0.1:9464` (empty: off) |
-//! | `LIKES__WORKER__METRICS_LISTEN` | `127.0.0.1:9465` (empty: off) |
-//! | `LIKES__API__LISTEN` | `127.0.0.1:50051` |
-//! | `LIKES__API__CONFIRM_TIMEOUT_MS` | `5000` |
-//! | `LIKES__API__PUBLISH_CHANNELS` | `2` |
-//! | `LIKES__API__UNCONFIRMED_PER_CHANNEL` | `1` |
-//! | `LIKES__API__MAX_EVENTS_PER_MESSAGE` | `256` |
-//! | `LIKES__API__MAX_MESSAGE_BYTES` | `131072` |
-//! | `LIKES__API__MAX_REQUEST_BYTES` | `262144` |
-//! | `LIKES__API__MAX_CONCURRENT_REQUESTS` | `4096` |
-//! | `LIKES__API__MAX_CONCURRENT_STREAMS` | `200` (per HTTP/2 connection) |
-//! | `LIKES__API__MAX_HEADER_LIST_BYTES` | `32768` |
-//! | `LIKES__API__MAX_REQUEST_BYTES_IN_FLIGHT` | `0` (= min(max_concurrent_requests × max_request_bytes, 64 MiB)) |
-//! | `LIKES__API__REQUEST_BODY_GRACE_MS` | `200` (0: never evict) |
-//! | `LIKES__API__TLS_CERT_FILE`, `..._TLS_KEY_FILE` | empty (plaintext) |
-//! | `LIKES__API__TLS_CLIENT_CA_FILE` | empty (no mutual TLS) |
-//! | `LIKES__API__AUTH_TOKEN` | empty (no token) |
-//! | `LIKES__API__AUTH_ALL_SERVICES` | `false` |
-//! | `LIKES__API__COUNT_CACHE_TTL_MS` | `2000` |
-//! | `LIKES__API__COUNT_MAX_STALE_MS` | `60000` |
-//! | `LIKES__AMQP__URL` | `amqp://guest:guest@127.0.0.1:5672/%2f` |
-//! | `LIKES__AMQP__QUEUE` | `likes.events` |
-//! | `LIKES__AMQP__DEAD_LETTER_QUEUE` | `likes.dead` |
-//! | `LIKES__AMQP__COUNTS_EXCHANGE` | `likes.counts` |
-//! | `LIKES__AMQP__QUEUE_TYPE` | `classic` |
-//! | `LIKES__AMQP__CLASSIC_QUEUE_VERSION` | `2` (classic queues only) |
-//! | `LIKES__AMQP__DELIVERY_LIMIT` | `20` (quorum queues only) |
-//! | `LIKES__AMQP__SHARDS` | `1` |
-//! | `LIKES__AMQP__TLS_CA_FILE` | empty (system roots) |
-//! | `LIKES__AMQP__TLS_CLIENT_CERT_FILE`, `..._TLS_CLIENT_KEY_FILE` | empty (no client certificate) |
-//! | `LIKES__DATABASE__URL` | `postgres://postgres@127.0.0.1:5432/likes` |
-//! | `LIKES__DATABASE__POOL_SIZE` | `8` |
-//! | `LIKES__DATABASE__CONNECT_TIMEOUT_MS` | `5000` |
-//! | `LIKES__DATABASE__CIRCUIT_OPEN_MS` | `500` (0: no circuit) |
-//! | `LIKES__DATABASE__TLS_CA_FILE` | empty (system roots) |
-//! | `LIKES__WORKER__SHARDS` | empty (every shard) |
-//! | `LIKES__WORKER__BATCH_SIZE` | `500` |
-//! | `LIKES__WORKER__BATCH_MAX_WAIT_MS` | `50` |
-//! | `LIKES__WORKER__PREFETCH` | `0` (= 2 × batch size) |
-//! | `LIKES__WORKER__RETRY_INITIAL_MS` | `100` |
-//! | `LIKES__WORKER__RETRY_MAX_MS` | `5000` |
-//! | `LIKES__WORKER__RETRY_BUDGET_MS` | `60000` |
-//!
-//! Loading is strict: a key of the file or a `LIKES__*` variable that is no
-//! setting stops the start with [`ConfigError::Unknown`], naming it and the
-//! nearest setting (see the `keys` module), so a typo never goes unnoticed.
+//! `LIKES__<SECTION>__<KEY>` override both. The keys are a contract with
+//! deployments: `docs/configuration.md` lists each with its default (a test
+//! holds it to `config/default.toml`). Loading is strict: a key of the file
+//! or a `LIKES__*` variable that is no setting stops the start with
+//! [`ConfigError::Unknown`], naming it and the nearest setting.
 
 mod keys;
 
 pub use keys::{SettingSource, UnknownSetting};
 use serde::{Deserialize, Serialize};
-use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt,
+    net::SocketAddr,
+    num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize},
+    path::PathBuf,
+    time::Duration,
+};
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
 
@@ -129,25 +86,8 @@ pub struct ApiSettings {
     pub listen: SocketAddr,
     pub metrics_listen: String,
     pub confirm_timeout_ms: u64,
-    pub publish_channels: usize,
-    /// Messages each publish channel keeps unconfirmed at once.
-    pub unconfirmed_per_channel: usize,
-    /// Most events packed into one broker message.
-    pub max_events_per_message: usize,
-    /// Most bytes of events packed into one broker message.
-    pub max_message_bytes: usize,
-    pub max_request_bytes: usize,
-    pub max_concurrent_requests: usize,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on each HTTP/2 connection.
-    pub max_concurrent_streams: u32,
-    /// SETTINGS_MAX_HEADER_LIST_SIZE: the largest request metadata accepted.
-    pub max_header_list_bytes: u32,
-    /// Request body bytes being received at once, over all calls; 0 derives
-    /// it from the limits (see [`ApiSettings::request_bytes_in_flight`]).
-    pub max_request_bytes_in_flight: usize,
-    /// When every place is taken, a call whose request body has waited on
-    /// the network this long gives its place to a new call; 0: never.
-    pub request_body_grace_ms: u64,
+    /// Calls of each class (writes; reads and the rest) admitted at once.
+    pub max_concurrent_requests: NonZeroUsize,
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub tls_client_ca_file: String,
@@ -155,7 +95,7 @@ pub struct ApiSettings {
     pub auth_all_services: bool,
     /// A cached count not refreshed by a pushed change is reloaded after
     /// this long: the freshness bound when pushes are lost.
-    pub count_cache_ttl_ms: u64,
+    pub count_cache_ttl_ms: NonZeroU64,
     /// While PostgreSQL cannot be read, a cached count is still served up
     /// to this long past its expiry.
     pub count_max_stale_ms: u64,
@@ -169,9 +109,6 @@ pub struct AmqpSettings {
     /// Fanout exchange the workers publish count changes to, for the apis.
     pub counts_exchange: String,
     pub queue_type: QueueType,
-    /// `x-queue-version` of classic queues (1 or 2); unused for quorum ones.
-    pub classic_queue_version: u8,
-    pub delivery_limit: u32,
     /// Event queues the likes are spread over by post id (1: one queue
     /// named `queue`; K > 1: `queue.0` … `queue.K-1`).
     pub shards: u16,
@@ -204,11 +141,8 @@ impl QueueType {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     pub url: SecretUrl,
-    pub pool_size: u32,
+    pub pool_size: NonZeroU32,
     pub connect_timeout_ms: u64,
-    /// After a failed connection, checkouts fail at once for this long
-    /// (then one trial goes through); 0 turns the circuit off.
-    pub circuit_open_ms: u64,
     /// PEM file of the CA certificates `sslmode=verify-ca`/`verify-full`
     /// verify the server against; empty: the system's roots.
     pub tls_ca_file: String,
@@ -220,11 +154,8 @@ pub struct WorkerSettings {
     /// Shards this worker consumes: empty for all, else e.g. `0,2`.
     pub shards: String,
     /// Events per batch.
-    pub batch_size: usize,
+    pub batch_size: NonZeroU16,
     pub batch_max_wait_ms: u64,
-    pub prefetch: u16,
-    pub retry_initial_ms: u64,
-    pub retry_max_ms: u64,
     pub retry_budget_ms: u64,
 }
 
@@ -324,21 +255,8 @@ impl Settings {
             .expect("config/default.toml is valid: it is compiled in and covered by tests")
     }
 
-    /// Checks what serde cannot: relations between settings.
+    /// Checks what serde and the types cannot: relations between settings.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let w = &self.worker;
-        if w.batch_size == 0 || w.batch_size > usize::from(u16::MAX) {
-            return Err(invalid("worker.batch_size", "must be between 1 and 65535"));
-        }
-        if w.prefetch != 0 && usize::from(w.prefetch) < w.batch_size {
-            return Err(invalid(
-                "worker.prefetch",
-                format!(
-                    "{} is below worker.batch_size {}: a batch could never fill",
-                    w.prefetch, w.batch_size
-                ),
-            ));
-        }
         if self.api.tls_cert_file.is_empty() != self.api.tls_key_file.is_empty() {
             return Err(invalid(
                 "api.tls_cert_file",
@@ -350,37 +268,6 @@ impl Settings {
                 "api.tls_client_ca_file",
                 "mutual TLS needs api.tls_cert_file and api.tls_key_file",
             ));
-        }
-        if self.api.max_concurrent_requests == 0 {
-            return Err(invalid("api.max_concurrent_requests", "must be at least 1"));
-        }
-        if self.api.count_cache_ttl_ms == 0 {
-            return Err(invalid("api.count_cache_ttl_ms", "must be at least 1"));
-        }
-        if self.api.max_concurrent_streams == 0 {
-            return Err(invalid("api.max_concurrent_streams", "must be at least 1"));
-        }
-        if self.api.max_header_list_bytes < 1024 {
-            return Err(invalid(
-                "api.max_header_list_bytes",
-                "must be at least 1024: gRPC's own headers need several hundred bytes",
-            ));
-        }
-        if self.api.publish_channels == 0 {
-            return Err(invalid("api.publish_channels", "must be at least 1"));
-        }
-        if self.api.unconfirmed_per_channel == 0 {
-            return Err(invalid("api.unconfirmed_per_channel", "must be at least 1"));
-        }
-        if self.api.max_events_per_message == 0 {
-            return Err(invalid("api.max_events_per_message", "must be at least 1"));
-        }
-        // One event of the largest ids (2 × 128 bytes) must fit.
-        if self.api.max_message_bytes < 1024 {
-            return Err(invalid("api.max_message_bytes", "must be at least 1024"));
-        }
-        if !(1..=2).contains(&self.amqp.classic_queue_version) {
-            return Err(invalid("amqp.classic_queue_version", "must be 1 or 2"));
         }
         if self.amqp.shards == 0 || self.amqp.shards > MAX_SHARDS {
             return Err(invalid(
@@ -400,9 +287,6 @@ impl Settings {
                 "telemetry.sample_ratio",
                 "must be between 0.0 and 1.0",
             ));
-        }
-        if self.database.pool_size == 0 {
-            return Err(invalid("database.pool_size", "must be at least 1"));
         }
         Ok(())
     }
@@ -456,32 +340,13 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The derived default of `api.max_request_bytes_in_flight`'s cap: more
-/// than this in request bodies at once is an attack, not a load.
-const REQUEST_BYTES_IN_FLIGHT_CAP: usize = 64 * 1024 * 1024;
-
 impl ApiSettings {
     pub fn confirm_timeout(&self) -> Duration {
         Duration::from_millis(self.confirm_timeout_ms)
     }
 
-    /// The budget of request body bytes being received at once: the
-    /// setting, or min(max_concurrent_requests × max_request_bytes, 64 MiB).
-    pub fn request_bytes_in_flight(&self) -> usize {
-        if self.max_request_bytes_in_flight != 0 {
-            return self.max_request_bytes_in_flight;
-        }
-        self.max_concurrent_requests
-            .saturating_mul(self.max_request_bytes)
-            .min(REQUEST_BYTES_IN_FLIGHT_CAP)
-    }
-
-    pub fn request_body_grace(&self) -> Duration {
-        Duration::from_millis(self.request_body_grace_ms)
-    }
-
     pub fn count_cache_ttl(&self) -> Duration {
-        Duration::from_millis(self.count_cache_ttl_ms)
+        Duration::from_millis(self.count_cache_ttl_ms.get())
     }
 
     pub fn count_max_stale(&self) -> Duration {
@@ -493,10 +358,6 @@ impl DatabaseSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
-
-    pub fn circuit_open(&self) -> Duration {
-        Duration::from_millis(self.circuit_open_ms)
-    }
 }
 
 impl WorkerSettings {
@@ -504,22 +365,11 @@ impl WorkerSettings {
         Duration::from_millis(self.batch_max_wait_ms)
     }
 
-    /// The prefetch to ask the broker for: the configured one, or twice the
-    /// batch size so the next batch streams in while one is being written.
-    pub fn effective_prefetch(&self) -> u16 {
-        if self.prefetch != 0 {
-            self.prefetch
-        } else {
-            u16::try_from(self.batch_size.saturating_mul(2)).unwrap_or(u16::MAX)
-        }
-    }
-
-    pub fn retry_initial(&self) -> Duration {
-        Duration::from_millis(self.retry_initial_ms)
-    }
-
-    pub fn retry_max(&self) -> Duration {
-        Duration::from_millis(self.retry_max_ms)
+    /// Deliveries the broker may push unacked: twice the batch size, so a
+    /// batch fills even when every message holds one event, and the next
+    /// batch streams in while one is written.
+    pub fn prefetch(&self) -> u16 {
+        self.batch_size.get().saturating_mul(2)
     }
 
     pub fn retry_budget(&self) -> Duration {
@@ -646,15 +496,10 @@ mod tests {
         s.validate().expect("defaults are valid");
         assert_eq!(s.amqp.queue, "likes.events");
         assert_eq!(s.amqp.dead_letter_queue, "likes.dead");
-        assert_eq!(s.worker.batch_size, 500);
+        assert_eq!(s.worker.batch_size.get(), 500);
         assert_eq!(s.worker.batch_max_wait_ms, 50);
-        assert_eq!(s.worker.effective_prefetch(), 1000);
+        assert_eq!(s.worker.prefetch(), 1000);
         assert_eq!(s.api.listen.to_string(), "127.0.0.1:50051");
-        assert_eq!(s.amqp.classic_queue_version, 2);
-        assert_eq!(s.api.max_concurrent_streams, 200);
-        assert_eq!(s.api.max_header_list_bytes, 32 * 1024);
-        assert_eq!(s.api.request_body_grace_ms, 200);
-        assert_eq!(s.database.circuit_open_ms, 500);
         assert_eq!(s.amqp.tls_ca_file, "");
         assert_eq!(s.database.tls_ca_file, "");
         assert_eq!(s.telemetry.otlp_endpoint, "", "tracing is off by default");
@@ -692,32 +537,6 @@ mod tests {
     }
 
     #[test]
-    fn the_request_byte_budget_is_derived_from_the_limits() {
-        let mut s = Settings::defaults();
-        // 4096 × 256 KiB is 1 GiB: capped.
-        assert_eq!(s.api.request_bytes_in_flight(), 64 * 1024 * 1024);
-        s.api.max_concurrent_requests = 64;
-        assert_eq!(s.api.request_bytes_in_flight(), 64 * 262_144);
-        s.api.max_request_bytes_in_flight = 1_000;
-        assert_eq!(s.api.request_bytes_in_flight(), 1_000);
-    }
-
-    #[test]
-    fn classic_queue_version_is_one_or_two() {
-        let mut s = Settings::defaults();
-        s.amqp.classic_queue_version = 1;
-        s.validate().expect("version 1 is valid");
-        for version in [0, 3] {
-            s.amqp.classic_queue_version = version;
-            let err = s.validate().expect_err("only 1 and 2 exist");
-            assert!(
-                err.to_string().contains("amqp.classic_queue_version"),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
     fn environment_overrides_defaults() {
         let env = [
             ("LIKES__WORKER__BATCH_SIZE", "1000"),
@@ -731,9 +550,9 @@ mod tests {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
         let s = Settings::load_from(None, Some(env)).expect("valid overrides");
-        assert_eq!(s.worker.batch_size, 1000);
+        assert_eq!(s.worker.batch_size.get(), 1000);
         assert_eq!(s.worker.batch_max_wait_ms, 20);
-        assert_eq!(s.worker.effective_prefetch(), 2000);
+        assert_eq!(s.worker.prefetch(), 2000);
         assert_eq!(s.amqp.queue, "q.events");
         assert_eq!(s.amqp.queue_type, QueueType::Quorum);
         assert_eq!(s.api.listen.port(), 6000);
@@ -761,11 +580,22 @@ mod tests {
     }
 
     #[test]
-    fn prefetch_below_batch_size_is_rejected() {
-        let mut s = Settings::defaults();
-        s.worker.prefetch = 10;
-        let err = s.validate().expect_err("prefetch 10 < batch 500");
-        assert!(err.to_string().contains("worker.prefetch"), "{err}");
+    fn zero_is_refused_where_it_would_mean_nothing_works() {
+        for (variable, key) in [
+            ("LIKES__WORKER__BATCH_SIZE", "batch_size"),
+            ("LIKES__DATABASE__POOL_SIZE", "pool_size"),
+            (
+                "LIKES__API__MAX_CONCURRENT_REQUESTS",
+                "max_concurrent_requests",
+            ),
+            ("LIKES__API__COUNT_CACHE_TTL_MS", "count_cache_ttl_ms"),
+        ] {
+            let env = [(variable.to_owned(), "0".to_owned())]
+                .into_iter()
+                .collect();
+            let err = Settings::load_from(None, Some(env)).expect_err("zero");
+            assert!(err.to_string().contains("nonzero"), "{key}: {err}");
+        }
     }
 
     #[test]
@@ -775,8 +605,8 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
         let s = Settings::load_from(None, Some(env)).expect("valid overrides");
-        assert_eq!(s.worker.batch_size, 2000);
-        assert_eq!(s.worker.effective_prefetch(), 4000);
+        assert_eq!(s.worker.batch_size.get(), 2000);
+        assert_eq!(s.worker.prefetch(), 4000);
     }
 
     #[test]
@@ -873,7 +703,7 @@ mod tests {
         let env = env_of(&[
             ("LIKES__API__BATCH_SIZE", "10"),
             ("LIKES__POOL_SIZE", "4"),
-            ("LIKES__WORKER_PREFETCH", "4"),
+            ("LIKES__WORKER_SHARDS", "4"),
         ]);
         let err = Settings::load_from(None, Some(env)).expect_err("misplaced");
         let suggestions: Vec<_> = unknown_of(err)
@@ -892,8 +722,8 @@ mod tests {
                     Some("LIKES__DATABASE__POOL_SIZE".into())
                 ),
                 (
-                    "LIKES__WORKER_PREFETCH".into(),
-                    Some("LIKES__WORKER__PREFETCH".into())
+                    "LIKES__WORKER_SHARDS".into(),
+                    Some("LIKES__WORKER__SHARDS".into())
                 ),
             ]
         );
@@ -952,7 +782,7 @@ mod tests {
         ]);
         let s = Settings::load_from(Some(path.clone()), Some(env)).expect("valid overrides");
         std::fs::remove_file(&path).expect("removing the settings file");
-        assert_eq!(s.worker.batch_size, 100);
+        assert_eq!(s.worker.batch_size.get(), 100);
         assert_eq!(s.worker.batch_max_wait_ms, 7);
         assert_eq!(s.amqp.queue, "from.env");
     }

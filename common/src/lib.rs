@@ -1,14 +1,10 @@
-//! What the likes binaries share: typed settings and the command line that
-//! loads them, the domain ids,
-//! telemetry, shutdown signalling and the tokio runtime. Nothing here talks
-//! to RabbitMQ (that is `likes-queue`) or PostgreSQL (`likes-db`).
+//! What every crate of the likes service shares: the typed settings and the
+//! domain ids. Small on purpose: `likes-db` and `likes-queue` build on it
+//! and compile nothing else of the binaries' (telemetry, the health server
+//! and the command line are `likes-service`).
 
-pub mod cli;
 pub mod config;
 pub mod ids;
-pub mod runtime;
-pub mod shutdown;
-pub mod telemetry;
 pub mod time;
 
 pub use config::Settings;

@@ -4,7 +4,7 @@
 //!
 //! The pool reports every failed connection attempt (bb8's error sink) and
 //! every checkout that timed out: the circuit then *opens* for
-//! `database.circuit_open_ms`, and checkouts fail at once with
+//! [`crate::pool::CIRCUIT_OPEN`], and checkouts fail at once with
 //! [`DbError::Unavailable`](crate::DbError::Unavailable) (UNAVAILABLE to an
 //! api caller). Once that time has passed, exactly one checkout goes through
 //! as a trial while the others still fail at once; its success closes the

@@ -123,6 +123,13 @@ impl<E: std::fmt::Display> bb8::ErrorSink<E> for CircuitSink {
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 
+/// How long the circuit stays open after a failed connection: checkouts
+/// fail at once meanwhile instead of each waiting the connect timeout, and
+/// then one trial goes through. Short, since a read failed for nothing
+/// costs a caller a retry, and long enough to spare a database that is
+/// coming back a storm of connections.
+pub const CIRCUIT_OPEN: Duration = Duration::from_millis(500);
+
 /// Any 64-bit key, the same in every process: serialises concurrent migration
 /// runs (an api and a worker starting together) on a session advisory lock.
 const MIGRATION_LOCK_KEY: i64 = 0x6c69_6b65_735f_6d69; // "likes_mi"
@@ -159,9 +166,9 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         async move { crate::tls::establish(&url, &ca_file).await }.boxed()
     });
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
-    let circuit = Arc::new(Circuit::new(settings.circuit_open()));
+    let circuit = Arc::new(Circuit::new(CIRCUIT_OPEN));
     let pool = Pool::builder()
-        .max_size(settings.pool_size)
+        .max_size(settings.pool_size.get())
         // No `SELECT 1` before every checkout: it would double the
         // transactions a batch costs. A broken connection fails its query,
         // the error is retried, and bb8 drops the connection
@@ -171,7 +178,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         // waits for connections to be set up, and a checkout that times
         // out with all of them in use is the pool being busy, not the
         // database being away (see `checkout`).
-        .min_idle(Some(settings.pool_size))
+        .min_idle(Some(settings.pool_size.get()))
         .connection_timeout(settings.connect_timeout())
         .error_sink(Box::new(CircuitSink(Arc::clone(&circuit))))
         .build(manager)
@@ -180,7 +187,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     Ok(PgPool {
         pool,
         circuit,
-        max_size: settings.pool_size,
+        max_size: settings.pool_size.get(),
     })
 }
 

@@ -42,9 +42,8 @@ const COUNT_DOWN_SQL: &str = "UPDATE like_counts SET count = count - 1 WHERE pos
 pub async fn pool(url: &str, wanted: u32) -> anyhow::Result<(PgPool, u32)> {
     let settings = DatabaseSettings {
         url: SecretUrl::new(url),
-        pool_size: 1,
+        pool_size: std::num::NonZeroU32::MIN,
         connect_timeout_ms: 30_000,
-        circuit_open_ms: 0,
         tls_ca_file: String::new(),
     };
     let probe = likes_db::connect(&settings).await?;
@@ -55,7 +54,7 @@ pub async fn pool(url: &str, wanted: u32) -> anyhow::Result<(PgPool, u32)> {
     drop(probe);
     let size = wanted.min(u32::try_from((available - SPARE_CONNECTIONS).max(1)).unwrap_or(1));
     let pool = likes_db::connect(&DatabaseSettings {
-        pool_size: size,
+        pool_size: size.try_into().unwrap_or(std::num::NonZeroU32::MIN),
         ..settings
     })
     .await?;

@@ -113,7 +113,7 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
             duplicate_fraction: options.duplicate_fraction,
             unlike_fraction: options.unlike_fraction,
             rate: options.rate,
-            batch_size: worker_settings.map(|w| w.batch_size),
+            batch_size: worker_settings.map(|w| usize::from(w.batch_size.get())),
             batch_max_wait_ms: worker_settings.map(|w| w.batch_max_wait_ms),
             seed,
         },

@@ -41,7 +41,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match likes_common::runtime::block_on(run()) {
+    match likes_service::runtime::block_on(run()) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("likes-loadtest: cannot start the tokio runtime: {error}");
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    likes_common::telemetry::init(likes_common::config::LogFormat::Text, "warn");
+    likes_service::telemetry::init(likes_common::config::LogFormat::Text, "warn");
     let outcome = match cli.command {
         None => return load_test(&cli.load).await,
         Some(Command::Bench(options)) => bench::run(&options).await,

@@ -62,7 +62,7 @@ pub struct Options {
 
     /// Events per batch of the in-process worker (worker.batch_size).
     #[arg(long, conflicts_with = "target")]
-    pub batch_size: Option<usize>,
+    pub batch_size: Option<std::num::NonZeroU16>,
 
     /// Longest wait of a batch's oldest event in the in-process worker
     /// (worker.batch_max_wait_ms).

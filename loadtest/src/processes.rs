@@ -36,7 +36,7 @@ impl Services {
             .context("starting likes-worker")?;
         let metrics = env.settings.worker.metrics_listen.clone();
         eventually(START_TIMEOUT, "the worker to serve metrics", || async {
-            Ok(likes_common::telemetry::fetch_metrics(&metrics).await.ok())
+            Ok(likes_service::telemetry::fetch_metrics(&metrics).await.ok())
         })
         .await?;
         let api = ServiceProcess::spawn(&bin_dir.join("likes-api"), &env.settings)
@@ -71,28 +71,26 @@ impl Services {
 
     /// The api's Prometheus text.
     pub async fn api_metrics(&self) -> anyhow::Result<String> {
-        Ok(likes_common::telemetry::fetch_metrics(&self.env.settings.api.metrics_listen).await?)
+        Ok(likes_service::telemetry::fetch_metrics(&self.env.settings.api.metrics_listen).await?)
     }
 
-    /// `likes-loadtest --target` options against these processes: their
-    /// database and queue, and the CPU of both (and of `broker`, if known).
-    pub fn target_args(&self, broker: Option<u32>) -> Vec<String> {
-        let mut args = vec![
-            "--target".to_owned(),
-            self.api_addr(),
-            "--database-url".to_owned(),
-            self.env.settings.database.url.expose().to_owned(),
-            "--queue".to_owned(),
-            self.env.settings.amqp.queue.clone(),
-            "--cpu-of".to_owned(),
-            format!("api={}", self.api_pid()),
-            "--cpu-of".to_owned(),
-            format!("worker={}", self.worker_pid()),
+    /// Load test options against these processes (the defaults otherwise):
+    /// their database and queue, and the CPU of both (and of `broker`, if
+    /// known).
+    pub fn target_options(&self, broker: Option<u32>) -> crate::Options {
+        use clap::Parser;
+        let mut options = crate::Options::parse_from(["likes-loadtest"]);
+        options.target = Some(self.api_addr());
+        options.database_url = Some(self.env.settings.database.url.expose().to_owned());
+        options.queue = Some(self.env.settings.amqp.queue.clone());
+        options.cpu_of = vec![
+            ("api".to_owned(), self.api_pid()),
+            ("worker".to_owned(), self.worker_pid()),
         ];
-        if let Some(pid) = broker {
-            args.extend(["--cpu-of".to_owned(), format!("broker={pid}")]);
-        }
-        args
+        options
+            .cpu_of
+            .extend(broker.map(|pid| ("broker".to_owned(), pid)));
+        options
     }
 
     /// SIGTERM to the api, then the worker (each exits 0 after finishing

@@ -196,6 +196,9 @@ pub async fn outage(bin_dir: &Path, services: &Services, hot: &str) -> anyhow::R
                 post_id: hot.to_owned(),
             })
             .await;
+        if let Err(status) = &read {
+            eprintln!("  outage: the hot read failed: {status:?}");
+        }
         hot_served += u32::from(read.is_ok());
     }
     let mut cold = crate::driver::latency_histogram();

@@ -255,7 +255,7 @@ async fn declare_event_queue(
     if settings.queue_type == QueueType::Quorum {
         arguments.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongUInt(settings.delivery_limit),
+            AMQPValue::LongUInt(DELIVERY_LIMIT),
         );
     }
     arguments.insert(
@@ -321,9 +321,20 @@ async fn passive_declare(channel: &Channel, queue: &str) -> lapin::Result<lapin:
         .await
 }
 
-/// The queue type, and for classic queues their storage version: version 2
-/// writes less per persistent message than version 1 (the default before
-/// RabbitMQ 3.13), which the broker, the busiest part of every like, feels.
+/// Classic queues' storage version (`x-queue-version`): version 2 writes
+/// less per persistent message than version 1 (RabbitMQ 3.10's default),
+/// which the broker, the busiest part of every like, feels: 0.84× the
+/// likes/s with version 1 (BENCHMARKS.md). RabbitMQ refuses to redeclare a
+/// queue with another version: a queue made as version 1 must be drained and
+/// deleted first.
+pub const CLASSIC_QUEUE_VERSION: i32 = 2;
+
+/// Quorum queues' deliveries of one message before it is dead-lettered.
+/// The worker retries failing batches in place, so an outage does not use
+/// these up; only a message that keeps failing does.
+pub const DELIVERY_LIMIT: u32 = 20;
+
+/// The queue type, and for classic queues their storage version.
 fn queue_type_arguments(settings: &AmqpSettings) -> FieldTable {
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -333,7 +344,7 @@ fn queue_type_arguments(settings: &AmqpSettings) -> FieldTable {
     if settings.queue_type == QueueType::Classic {
         arguments.insert(
             "x-queue-version".into(),
-            AMQPValue::LongInt(i32::from(settings.classic_queue_version)),
+            AMQPValue::LongInt(CLASSIC_QUEUE_VERSION),
         );
     }
     arguments

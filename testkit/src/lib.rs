@@ -43,9 +43,9 @@ impl TestEnv {
     /// PostgreSQL), a pool of 4 connections, fresh names (see [`TestEnv::on`]).
     /// Tests build their settings in code: the environment does not reach them.
     pub fn new() -> Self {
-        likes_common::telemetry::init_for_tests();
+        likes_service::telemetry::init_for_tests();
         let mut settings = Settings::defaults();
-        settings.database.pool_size = 4;
+        settings.database.pool_size = std::num::NonZeroU32::new(4).expect("4 is not 0");
         Self::on(settings).expect("the committed default database url names a database")
     }
 
@@ -307,10 +307,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// GET `http://addr/metrics`, the Prometheus text format.
 pub async fn scrape(addr: &str) -> anyhow::Result<String> {
-    Ok(likes_common::telemetry::fetch_metrics(addr).await?)
+    Ok(likes_service::telemetry::fetch_metrics(addr).await?)
 }
 
-pub use likes_common::telemetry::sample;
+pub use likes_service::telemetry::sample;
 
 /// Asserts what a scrape of a freshly started, connected process shows:
 /// `likes_amqp_connected{role}` 1, `likes_build_info` of this version, process
@@ -356,9 +356,9 @@ pub fn metrics_without_help(body: &str) -> Vec<String> {
 /// metrics listener at `addr`.
 pub async fn probe(
     addr: &str,
-    probe: likes_common::telemetry::health::Probe,
-) -> anyhow::Result<likes_common::telemetry::health::ProbeAnswer> {
-    Ok(likes_common::telemetry::health::probe(addr, probe, Duration::from_secs(5)).await?)
+    probe: likes_service::telemetry::health::Probe,
+) -> anyhow::Result<likes_service::telemetry::health::ProbeAnswer> {
+    Ok(likes_service::telemetry::health::probe(addr, probe, Duration::from_secs(5)).await?)
 }
 
 /// Polls `/readyz` of the metrics listener at `addr` until it says `ready`
@@ -367,13 +367,13 @@ pub async fn wait_for_readiness(
     addr: &str,
     ready: bool,
     timeout: Duration,
-) -> anyhow::Result<likes_common::telemetry::health::ProbeAnswer> {
+) -> anyhow::Result<likes_service::telemetry::health::ProbeAnswer> {
     let what = format!(
         "/readyz at {addr} to answer {}",
         if ready { 200 } else { 503 }
     );
     eventually(timeout, &what, || async {
-        let answer = probe(addr, likes_common::telemetry::health::Probe::Ready)
+        let answer = probe(addr, likes_service::telemetry::health::Probe::Ready)
             .await
             .ok();
         Ok(answer.filter(|a| a.ok == ready))

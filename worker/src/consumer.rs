@@ -40,7 +40,6 @@ use lapin::{
     types::FieldTable,
 };
 use likes_common::config::{AmqpSettings, Settings};
-use likes_common::telemetry::otel;
 use likes_db::{DbError, LikeChange};
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
@@ -48,6 +47,7 @@ use likes_queue::{
     codec::{self, Decoded, Kind},
     dead_letters,
 };
+use likes_service::telemetry::otel;
 use std::{ops::Range, sync::Arc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -86,10 +86,7 @@ pub async fn subscribe(
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     channel
-        .basic_qos(
-            settings.worker.effective_prefetch(),
-            BasicQosOptions::default(),
-        )
+        .basic_qos(settings.worker.prefetch(), BasicQosOptions::default())
         .await?;
     Ok(channel
         .basic_consume(
@@ -129,16 +126,16 @@ pub async fn consume(
     };
     tracing::info!(
         queue,
-        batch.size = worker.batch_size,
+        batch.size = worker.batch_size.get(),
         batch.max_wait_ms = worker.batch_max_wait_ms,
-        prefetch = worker.effective_prefetch(),
+        prefetch = worker.prefetch(),
         "consuming"
     );
     let mut broken = None;
     loop {
         let batch = next_batch(
             &mut incoming,
-            worker.batch_size,
+            usize::from(worker.batch_size.get()),
             worker.batch_max_wait(),
             shutdown,
             |item| item.as_ref().map_or(0, Incoming::events),

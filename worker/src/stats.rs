@@ -16,7 +16,7 @@
 //! | `likes_queue_depth` | gauge | ready messages in the event queue |
 //! | `likes_db_pool_connections{state}` | gauge | pool connections, `idle` or `in_use` |
 //!
-//! Their help texts are in `likes_common::telemetry::catalog`.
+//! Their help texts are in `likes_service::telemetry::catalog`.
 
 use hdrhistogram::Histogram;
 use std::{

@@ -15,6 +15,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// The backoff between attempts: starts here, doubles, with jitter...
+const RETRY_INITIAL: Duration = Duration::from_millis(100);
+/// ... up to this: a database back after an outage waits at most this long
+/// for the next attempt.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The least time an attempt gets, even when the budget is nearly spent.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
 
@@ -41,8 +47,8 @@ pub struct Writer {
 impl Writer {
     pub fn new(pool: PgPool, settings: &WorkerSettings) -> Self {
         let backoff = ExponentialBuilder::default()
-            .with_min_delay(settings.retry_initial())
-            .with_max_delay(settings.retry_max())
+            .with_min_delay(RETRY_INITIAL)
+            .with_max_delay(RETRY_MAX)
             .with_jitter()
             .without_max_times();
         Self {

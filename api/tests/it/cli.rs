@@ -87,8 +87,8 @@ fn check_config_prints_the_settings_with_passwords_and_token_masked() -> anyhow:
 #[test]
 fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
     let env = TestEnv::new();
-    let by_variable = settings_file("api-by-variable", "[worker]\nretry_max_ms = 1111\n")?;
-    let by_flag = settings_file("api-by-flag", "[worker]\nretry_max_ms = 2222\n")?;
+    let by_variable = settings_file("api-by-variable", "[worker]\nretry_budget_ms = 1111\n")?;
+    let by_flag = settings_file("api-by-flag", "[worker]\nretry_budget_ms = 2222\n")?;
 
     let mut command = api(&env);
     command
@@ -99,7 +99,10 @@ fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
         stderr,
         ..
     } = run_cli(command)?;
-    assert!(shown.contains("\nretry_max_ms = 1111\n"), "{shown}{stderr}");
+    assert!(
+        shown.contains("\nretry_budget_ms = 1111\n"),
+        "{shown}{stderr}"
+    );
 
     let mut command = api(&env);
     command
@@ -111,7 +114,7 @@ fn the_config_flag_wins_over_likes_config() -> anyhow::Result<()> {
     std::fs::remove_file(&by_variable)?;
     std::fs::remove_file(&by_flag)?;
     let shown = output.succeeded()?;
-    assert!(shown.contains("\nretry_max_ms = 2222\n"), "{shown}");
+    assert!(shown.contains("\nretry_budget_ms = 2222\n"), "{shown}");
     assert!(shown.contains(&by_flag.display().to_string()), "{shown}");
     Ok(())
 }

@@ -147,7 +147,7 @@ async fn eight_hundred_half_sent_bodies_are_held_to_the_limits_and_others_are_st
 -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut env = TestEnv::new();
-    env.settings.api.max_concurrent_requests = 64;
+    env.settings.api.max_concurrent_requests = 64.try_into()?;
     let (api, mut client) = spawn_api_process(&mut env).await?;
     like(&mut client, "warm").await?;
     let idle = api.rss_bytes()?;
@@ -202,7 +202,7 @@ async fn eight_hundred_half_sent_bodies_are_held_to_the_limits_and_others_are_st
     })?;
     let held = tokio::time::timeout(Duration::from_secs(20), sender).await???;
     // Past the grace, a new caller takes the place of a stalled body.
-    tokio::time::sleep(env.settings.api.request_body_grace() + Duration::from_millis(100)).await;
+    tokio::time::sleep(likes_api::admission::REQUEST_BODY_GRACE + Duration::from_millis(100)).await;
     let mut other = LikeServiceClient::connect(format!("http://{addr}")).await?;
     let took = timed_like(&mut other, "during-body-flood").await?;
     let took_again = timed_like(&mut other, "during-body-flood-2").await?;

@@ -4,7 +4,8 @@
 //! themselves from the start.
 
 use crate::{API, ONE_AT_A_TIME, connect};
-use likes_common::{config::SecretUrl, telemetry::health::Probe};
+use likes_common::config::SecretUrl;
+use likes_service::telemetry::health::Probe;
 use likes_testkit::{
     TestEnv, assert_started_metrics, eventually, free_port, probe, process::ServiceProcess,
     proxy::FaultProxy, sample, scrape, wait_for_readiness,

@@ -52,21 +52,21 @@ pub enum QueueKind {
 }
 
 impl QueueKind {
-    /// The kind a service with these settings declares.
+    /// The kind a service with these settings declares (its classic
+    /// queues are storage version 2).
     pub fn of(settings: &AmqpSettings) -> Self {
-        match (settings.queue_type, settings.classic_queue_version) {
-            (QueueType::Quorum, _) => Self::Quorum,
-            (QueueType::Classic, 1) => Self::Classic,
-            (QueueType::Classic, _) => Self::Classic2,
+        match settings.queue_type {
+            QueueType::Quorum => Self::Quorum,
+            QueueType::Classic => Self::Classic2,
         }
     }
 
-    /// Sets `settings` to declare this kind.
+    /// Sets `settings` to declare this kind's type (a service's classic
+    /// queues are version 2 whatever the kind says).
     pub fn apply(self, settings: &mut AmqpSettings) {
-        (settings.queue_type, settings.classic_queue_version) = match self {
-            Self::Classic => (QueueType::Classic, 1),
-            Self::Classic2 => (QueueType::Classic, 2),
-            Self::Quorum => (QueueType::Quorum, 2),
+        settings.queue_type = match self {
+            Self::Classic | Self::Classic2 => QueueType::Classic,
+            Self::Quorum => QueueType::Quorum,
         };
     }
 

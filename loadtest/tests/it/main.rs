@@ -1,30 +1,6 @@
 //! The load generator end to end: the real api and worker in-process (each
 //! test on its own database and queues), small workloads, the report checked
-//! for sense and the verification required to pass. Beside them, the
-//! repository's own consistency checks (compose files, the Kubernetes
-//! example, docs, dashboard, rust-version), tooling that used to be scripts.
-
-mod compose;
-mod docs;
-mod k8s;
-mod rust_version;
-mod service_config;
-
-/// Files of the workspace.
-mod repo {
-    use std::path::PathBuf;
-
-    pub fn root() -> PathBuf {
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-    }
-
-    /// A file of the workspace as text (a path relative to its root).
-    pub fn read(path: &str) -> String {
-        let path = path.trim_start_matches("./");
-        std::fs::read_to_string(root().join(path))
-            .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-    }
-}
+//! for sense and the verification required to pass.
 
 use clap::Parser;
 use likes_loadtest::{Options, ProgressView};

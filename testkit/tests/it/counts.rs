@@ -101,7 +101,7 @@ async fn a_like_reaches_a_cached_count_by_a_push_within_the_freshness_bound() ->
 {
     let mut env = TestEnv::new();
     // Nothing cached expires during the test: a count can only move by a push.
-    env.settings.api.count_cache_ttl_ms = 600_000;
+    env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
     let api = env.spawn_api().await?;
     let _worker = env.spawn_worker().await?;
     assert_eq!(count(&api.client, "p").await?, 0);
@@ -123,7 +123,7 @@ async fn a_like_reaches_a_cached_count_by_a_push_within_the_freshness_bound() ->
 #[tokio::test(flavor = "multi_thread")]
 async fn pushes_out_of_order_never_replace_a_newer_count() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.api.count_cache_ttl_ms = 600_000;
+    env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
     let cache = CountCache::new(env.pool().await?, &env.settings.api);
     let post = PostId::parse("p")?;
     let change = |count, version| CountChange {
@@ -162,9 +162,9 @@ async fn two_workers_racing_on_a_hot_post_and_two_shards_leave_every_cached_coun
 -> anyhow::Result<()> {
     for shards in [1, 2] {
         let mut env = TestEnv::new();
-        env.settings.api.count_cache_ttl_ms = 600_000;
+        env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
         env.settings.amqp.shards = shards;
-        env.settings.worker.batch_size = 50;
+        env.settings.worker.batch_size = 50.try_into()?;
         let api = env.spawn_api().await?;
         let mut workers = Vec::new();
         for shard in 0..2 {
@@ -214,9 +214,9 @@ async fn with_pushes_lost_counts_converge_within_the_ttl_and_resubscribing_clear
     let mut settings = env.settings.clone();
     settings.amqp.url =
         likes_common::config::SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
-    settings.api.count_cache_ttl_ms = 600_000;
+    settings.api.count_cache_ttl_ms = 600_000.try_into()?;
     let long = RunningApi::spawn_with(&settings).await?;
-    settings.api.count_cache_ttl_ms = 1_000;
+    settings.api.count_cache_ttl_ms = 1_000.try_into()?;
     let short = RunningApi::spawn_with(&settings).await?;
     for reader in [&long, &short] {
         assert_eq!(count(&reader.client, "p").await?, 0);
@@ -255,7 +255,7 @@ async fn with_pushes_lost_counts_converge_within_the_ttl_and_resubscribing_clear
 async fn with_postgresql_unreachable_cached_counts_are_served_stale_and_cold_reads_fail_fast()
 -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.api.count_cache_ttl_ms = 300;
+    env.settings.api.count_cache_ttl_ms = 300.try_into()?;
     let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
     let settings = env.settings_with_database_at(proxy.addr())?;
     let api = RunningApi::spawn_with(&settings).await?;
@@ -311,9 +311,9 @@ async fn with_postgresql_unreachable_cached_counts_are_served_stale_and_cold_rea
 async fn a_read_storm_on_a_small_pool_is_refused_as_overload_and_never_costs_a_like()
 -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.database.pool_size = 2;
+    env.settings.database.pool_size = 2.try_into()?;
     env.settings.database.connect_timeout_ms = 100;
-    env.settings.api.max_concurrent_requests = 100;
+    env.settings.api.max_concurrent_requests = 100.try_into()?;
     let api = env.spawn_api().await?;
     let _worker = env.spawn_worker().await?;
     let mut clients = vec![api.client.clone()];

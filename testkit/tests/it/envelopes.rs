@@ -58,7 +58,7 @@ async fn ten_thousand_concurrent_likes_share_far_fewer_messages_and_count_exactl
 #[tokio::test(flavor = "multi_thread")]
 async fn a_queue_of_single_events_and_envelopes_interleaved_drains_exactly() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.worker.batch_size = 50;
+    env.settings.worker.batch_size = 50.try_into()?;
     let (_conn, channel) = env.amqp().await?;
     let mut expected = Vec::new();
     let mut at = 0;

@@ -66,11 +66,10 @@ async fn like_all_owned(
 async fn a_thirty_second_database_outage_loses_nothing_and_dead_letters_nothing()
 -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    // A quorum queue that dead-letters a message on its third delivery: an
-    // outage handled by nack-and-requeue would dead-letter healthy likes.
+    // A quorum queue dead-letters a message on its 21st delivery: an outage
+    // handled by nack-and-requeue (a redelivery every few milliseconds)
+    // would use that up in a second and dead-letter healthy likes.
     env.settings.amqp.queue_type = QueueType::Quorum;
-    env.settings.amqp.delivery_limit = 2;
-    env.settings.worker.retry_max_ms = 2_000;
     let api = env.spawn_api().await?;
     let proxy = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
     let worker_settings = env.settings_with_database_at(proxy.addr())?;

@@ -46,7 +46,7 @@ async fn an_older_like_written_after_a_newer_unlike_stays_unliked() -> anyhow::R
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_with_several_events_for_one_pair_applies_the_last() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.worker.batch_size = 100;
+    env.settings.worker.batch_size = 100.try_into()?;
     env.settings.worker.batch_max_wait_ms = 1_000;
     let (_conn, channel) = env.amqp().await?;
     // Queued before the worker starts, so they arrive as one batch.

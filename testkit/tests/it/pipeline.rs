@@ -274,21 +274,15 @@ pub async fn wait_for_count(
 #[tokio::test(flavor = "multi_thread")]
 async fn likes_flow_through_classic_and_quorum_queues_alike() -> anyhow::Result<()> {
     use likes_common::config::QueueType;
-    let kinds = [
-        (QueueType::Classic, 2),
-        (QueueType::Classic, 1),
-        (QueueType::Quorum, 2),
-    ];
-    for (queue_type, classic_version) in kinds {
+    for queue_type in [QueueType::Classic, QueueType::Quorum] {
         let mut env = TestEnv::new();
         env.settings.amqp.queue_type = queue_type;
-        env.settings.amqp.classic_queue_version = classic_version;
         let api = env.spawn_api().await?;
         let _worker = env.spawn_worker().await?;
-        let label = format!("{}-v{classic_version}", queue_type.as_str());
+        let label = queue_type.as_str();
         let outcome = likes_testkit::load::like_all(
             std::slice::from_ref(&api.client),
-            likes_testkit::load::pairs(&label, 500, 4),
+            likes_testkit::load::pairs(label, 500, 4),
             16,
             Duration::from_secs(10),
         )
@@ -304,17 +298,29 @@ async fn likes_flow_through_classic_and_quorum_queues_alike() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn classic_queues_carry_the_configured_storage_version() -> anyhow::Result<()> {
+async fn classic_queues_are_declared_with_storage_version_2() -> anyhow::Result<()> {
+    use lapin::{
+        options::QueueDeclareOptions,
+        types::{AMQPValue, FieldTable},
+    };
     let env = TestEnv::new();
-    // Declares both queues as version 2, the default.
-    let (connection, _channel) = env.amqp().await?;
-    let mut version_1 = env.settings.amqp.clone();
-    version_1.classic_queue_version = 1;
-    let refused = likes_queue::declare_topology(&connection, &version_1)
+    // Declares the queues, as version 2.
+    let (connection, channel) = env.amqp().await?;
+    let mut version_1 = FieldTable::default();
+    version_1.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("classic".into()),
+    );
+    version_1.insert("x-queue-version".into(), AMQPValue::LongInt(1));
+    let refused = channel
+        .queue_declare(
+            env.settings.amqp.dead_letter_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            version_1,
+        )
         .await
         .expect_err("RabbitMQ refuses to redeclare a version 2 queue as version 1");
     assert!(refused.to_string().contains("x-queue-version"), "{refused}");
-    likes_queue::declare_topology(&connection, &env.settings.amqp).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(())
 }
@@ -325,7 +331,7 @@ async fn classic_queues_carry_the_configured_storage_version() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread")]
 async fn without_an_otlp_endpoint_nothing_is_traced_and_messages_carry_no_headers()
 -> anyhow::Result<()> {
-    use likes_common::telemetry::otel;
+    use likes_service::telemetry::otel;
     let env = TestEnv::new();
     assert!(env.settings.telemetry.otlp_endpoint.is_empty());
     let traces = otel::Traces::start(&env.settings.telemetry, "likes-api", 1.0)?;

@@ -42,7 +42,7 @@ async fn garbage_goes_to_the_dead_letter_queue_and_likes_around_it_are_written()
 async fn a_message_the_database_always_refuses_is_isolated_and_dead_lettered_with_its_reason()
 -> anyhow::Result<()> {
     let mut env = TestEnv::new();
-    env.settings.worker.batch_size = 100;
+    env.settings.worker.batch_size = 100.try_into()?;
     env.settings.worker.batch_max_wait_ms = 500;
     let mut db = env.db().await?;
     // Stands for any row the database refuses every time.

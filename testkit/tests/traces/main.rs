@@ -6,9 +6,10 @@
 //! (with a runtime of its own) could not share it.
 
 use anyhow::Context;
-use likes_common::{config::TelemetrySettings, telemetry::otel::Traces};
+use likes_common::config::TelemetrySettings;
 use likes_proto::pb::LikeRequest;
 use likes_queue::codec::{HeaderExtractor, TRACEPARENT_HEADER};
+use likes_service::telemetry::otel::Traces;
 use likes_testkit::{
     TestEnv, eventually,
     otlp::{OtlpReceiver, ReceivedSpan},
@@ -95,7 +96,7 @@ async fn a_like_s_trace_reaches_the_batch_span_that_wrote_it() -> anyhow::Result
         .as_ref()
         .context("a traced message has headers")?;
     assert!(headers.contains_key(TRACEPARENT_HEADER), "{headers:?}");
-    let carried = likes_common::telemetry::otel::extract(&HeaderExtractor(headers));
+    let carried = likes_service::telemetry::otel::extract(&HeaderExtractor(headers));
     assert!(carried.is_valid() && carried.is_sampled(), "{carried:?}");
     let spans = eventually(WAIT, "the lone Like's spans", || async {
         let spans = flushed(&traces, &receiver).await?;

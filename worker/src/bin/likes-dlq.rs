@@ -7,12 +7,12 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use likes_common::{
-    Settings,
+use likes_common::Settings;
+use likes_queue::dead_letters;
+use likes_service::{
     cli::{self, ConfigArgs},
     telemetry,
 };
-use likes_queue::dead_letters;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => return cli.settings.check_config("likes-dlq", &settings),
         Command::Letters(letters) => letters,
     };
-    let outcome = likes_common::runtime::block_on(run(&settings, letters))
+    let outcome = likes_service::runtime::block_on(run(&settings, letters))
         .context("starting the tokio runtime")
         .and_then(|outcome| outcome);
     cli::exit_code(outcome)

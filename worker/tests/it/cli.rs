@@ -85,13 +85,13 @@ fn worker_check_config_masks_the_database_password() -> anyhow::Result<()> {
 #[test]
 fn dlq_reads_the_config_flag_and_checks_its_keys() -> anyhow::Result<()> {
     let env = TestEnv::new();
-    let good = settings_file("worker-dlq-good", "[amqp]\ndelivery_limit = 7\n")?;
+    let good = settings_file("worker-dlq-good", "[amqp]\nshards = 7\n")?;
     let bad = settings_file("worker-dlq-bad", "[amqp]\ndead_leter_queue = \"x\"\n")?;
 
     let mut command = binary(DLQ, &env);
     command.arg("check-config").arg("--config").arg(&good);
     let shown = run_cli(command)?.succeeded()?;
-    assert!(shown.contains("\ndelivery_limit = 7\n"), "{shown}");
+    assert!(shown.contains("\nshards = 7\n"), "{shown}");
 
     let mut command = binary(DLQ, &env);
     command.arg("--config").arg(&bad).arg("list");

@@ -4,7 +4,8 @@
 //! describe themselves from the start.
 
 use crate::WORKER;
-use likes_common::{config::SecretUrl, telemetry::health::Probe};
+use likes_common::config::SecretUrl;
+use likes_service::telemetry::health::Probe;
 use likes_testkit::{
     TestEnv, assert_started_metrics, free_port, probe, process::ServiceProcess, proxy::FaultProxy,
     sample, scrape, wait_for_readiness,

@@ -24,7 +24,7 @@ async fn workers_killed_repeatedly_during_twenty_thousand_likes_lose_nothing() -
 {
     const LIKES: usize = 20_000;
     let mut env = TestEnv::new();
-    env.settings.worker.batch_size = 250;
+    env.settings.worker.batch_size = 250.try_into()?;
     let api = env.spawn_api().await?;
     // The database exists before three workers race to create it.
     env.db().await?;
@@ -78,7 +78,7 @@ async fn workers_killed_repeatedly_during_twenty_thousand_likes_lose_nothing() -
 async fn sigterm_flushes_the_batch_in_hand_and_exits_zero() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
     // A batch that would wait a minute: only the shutdown flush writes it.
-    env.settings.worker.batch_size = 1_000;
+    env.settings.worker.batch_size = 1_000.try_into()?;
     env.settings.worker.batch_max_wait_ms = 60_000;
     let api = env.spawn_api().await?;
     env.db().await?;
@@ -194,7 +194,7 @@ async fn three_workers_and_two_apis_share_thirty_thousand_likes_exactly() -> any
     use likes_testkit::{free_port, sample, scrape};
     const LIKES: usize = 30_000;
     let mut env = TestEnv::new();
-    env.settings.worker.batch_size = 250;
+    env.settings.worker.batch_size = 250.try_into()?;
     let first_api = env.spawn_api().await?;
     let second_api = env.spawn_api().await?;
     env.db().await?;

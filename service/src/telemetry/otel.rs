@@ -35,7 +35,7 @@
 //! rather than per call keeps the batch's count at its messages (~25 at
 //! full load), not its events (500).
 
-use crate::config::TelemetrySettings;
+use likes_common::config::TelemetrySettings;
 pub use opentelemetry::{
     Context,
     context::{FutureExt as _, WithContext},
@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn an_empty_endpoint_starts_no_pipeline() {
-        let settings = crate::Settings::defaults().telemetry;
+        let settings = likes_common::Settings::defaults().telemetry;
         assert!(settings.otlp_endpoint.is_empty());
         let traces = Traces::start(&settings, "likes-test", 1.0).expect("off is no error");
         assert!(traces.is_none(), "nothing to export to");

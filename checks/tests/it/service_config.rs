@@ -1,15 +1,15 @@
-//! The gRPC service config in the README ("Errors and retries") is meant to
+//! The gRPC service config of `docs/api.md` ("Errors and retries") is meant to
 //! be pasted into clients as it is: it must be valid JSON, name only methods
 //! the contract has, and retry only what is safe to retry.
 
 use crate::repo;
 
-/// The JSON block that follows the README's `service-config` marker.
+/// The JSON block that follows the `service-config` marker of the docs.
 fn readme_service_config() -> serde_json::Value {
-    let readme = repo::read("README.md");
+    let readme = repo::read("docs/api.md");
     let (_, after) = readme
         .split_once("<!-- service-config")
-        .expect("the README marks its service config");
+        .expect("docs/api.md marks its service config");
     let block = after
         .split_once("```json\n")
         .and_then(|(_, rest)| rest.split_once("\n```"))

@@ -7,10 +7,10 @@
 pub mod catalog;
 pub mod health;
 
-use crate::config::LogFormat;
 use bytes::Bytes;
 use health::Health;
 use http_body_util::Full;
+use likes_common::config::LogFormat;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tracing_subscriber::{EnvFilter, fmt};

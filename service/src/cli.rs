@@ -4,7 +4,7 @@
 //! [`ConfigArgs`] into its own clap parser, so all of them read settings
 //! the same way.
 
-use crate::{Settings, config::ConfigError};
+use likes_common::{Settings, config::ConfigError};
 use std::{fmt, path::PathBuf, process::ExitCode};
 
 /// The end of every binary's `--help`: where settings come from and what a

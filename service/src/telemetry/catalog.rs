@@ -5,8 +5,9 @@
 //!
 //! One list for both binaries: the exporter prints a description only for a
 //! metric that has been recorded, so the api's endpoint shows no worker
-//! metric. A test (`loadtest/tests/it/docs.rs`) checks that this list, the
-//! metrics the sources record and the README's table name the same metrics.
+//! metric. This is the one description of each metric: the table of
+//! `docs/operations.md` is this list rendered, and a test holds both it and
+//! the metrics the sources record to the list.
 
 use metrics::Unit;
 
@@ -18,19 +19,49 @@ pub enum Kind {
     Histogram,
 }
 
+/// Which binary exports a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Api,
+    Worker,
+    Both,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Worker => "worker",
+            Self::Both => "both",
+        }
+    }
+}
+
 /// One exported metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metric {
     pub name: &'static str,
+    pub role: Role,
+    /// Its labels, by name.
+    pub labels: &'static [&'static str],
     pub kind: Kind,
     /// `None` for a state (a 0/1 gauge, an id) rather than a quantity.
     pub unit: Option<Unit>,
     pub help: &'static str,
 }
 
-const fn metric(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'static str) -> Metric {
+const fn metric(
+    name: &'static str,
+    role: Role,
+    labels: &'static [&'static str],
+    kind: Kind,
+    unit: Option<Unit>,
+    help: &'static str,
+) -> Metric {
     Metric {
         name,
+        role,
+        labels,
         kind,
         unit,
         help,
@@ -38,6 +69,7 @@ const fn metric(name: &'static str, kind: Kind, unit: Option<Unit>, help: &'stat
 }
 
 use Kind::{Counter, Gauge, Histogram};
+use Role::{Api, Both, Worker};
 
 const COUNT: Option<Unit> = Some(Unit::Count);
 const SECONDS: Option<Unit> = Some(Unit::Seconds);
@@ -45,179 +77,234 @@ const SECONDS: Option<Unit> = Some(Unit::Seconds);
 /// Every `likes_` metric of the api and the worker. The process metrics
 /// (`process_cpu_seconds_total`, ...) are described by `metrics-process`.
 pub const METRICS: &[Metric] = &[
-    // api
     metric(
         "likes_rpc_requests_total",
+        Api,
+        &["method", "code"],
         Counter,
         COUNT,
         "LikeService calls answered, by method and gRPC status code.",
     ),
     metric(
         "likes_rpc_duration_seconds",
+        Api,
+        &["method"],
         Histogram,
         SECONDS,
         "Time to answer a LikeService call, in seconds, by method.",
     ),
     metric(
         "likes_publish_confirm_seconds",
+        Api,
+        &["outcome"],
         Histogram,
         SECONDS,
         "Time from publishing a broker message to its confirm or failure, in seconds, by outcome.",
     ),
     metric(
         "likes_publish_messages_total",
+        Api,
+        &[],
         Counter,
         COUNT,
         "Broker messages published and confirmed.",
     ),
     metric(
         "likes_publish_events_total",
+        Api,
+        &[],
         Counter,
         COUNT,
         "Like and Unlike events in confirmed broker messages.",
     ),
     metric(
         "likes_requests_refused_total",
+        Api,
+        &["reason"],
         Counter,
         COUNT,
         "Calls refused before any handler ran, by reason: concurrency, stalled_body, body_bytes, content_type.",
     ),
     metric(
         "likes_deadlines_exceeded_total",
+        Api,
+        &[],
         Counter,
         COUNT,
         "Calls ended with DEADLINE_EXCEEDED by the caller's deadline.",
     ),
     metric(
         "likes_amqp_blocked",
+        Api,
+        &[],
         Gauge,
         None,
         "1 while RabbitMQ blocks the api's publishing connection (a memory or disk alarm), else 0.",
     ),
     metric(
         "likes_count_cache_lookups_total",
+        Api,
+        &["result"],
         Counter,
         COUNT,
         "Posts looked up in the count cache, by result: hit (fresh), miss (loaded or failed), stale (served past expiry while PostgreSQL could not be read).",
     ),
     metric(
         "likes_count_cache_loads_total",
+        Api,
+        &[],
         Counter,
         COUNT,
         "Queries loading counts into the cache (concurrent misses of one post load once).",
     ),
     metric(
         "likes_count_pushes_total",
+        Api,
+        &["outcome"],
         Counter,
         COUNT,
         "Count changes pushed by the workers, by outcome: applied, or stale (the cache held a newer version).",
     ),
     metric(
         "likes_count_cache_entries",
+        Api,
+        &[],
         Gauge,
         COUNT,
         "Posts in the count cache (approximate).",
     ),
     metric(
         "likes_count_subscription_up",
+        Api,
+        &[],
         Gauge,
         None,
         "1 while the api follows the count changes the workers push, else 0 (counts then expire after api.count_cache_ttl_ms).",
     ),
-    // worker
     metric(
         "likes_batches_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Write statements committed, one database transaction each.",
     ),
     metric(
         "likes_events_written_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Events in committed write statements.",
     ),
     metric(
         "likes_rows_written_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Rows of the likes table inserted or changed.",
     ),
     metric(
         "likes_batch_events",
+        Worker,
+        &[],
         Histogram,
         COUNT,
         "Events per acked batch.",
     ),
     metric(
         "likes_batch_flush_seconds",
+        Worker,
+        &[],
         Histogram,
         SECONDS,
         "Time from a batch's close to its ack, in seconds.",
     ),
     metric(
         "likes_batches_acked_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Batches acked once committed (one ack of all their messages each).",
     ),
     metric(
         "likes_batches_requeued_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Batches handed back to the queue (nack with requeue) after their retry budget.",
     ),
     metric(
         "likes_dead_lettered_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Messages sent to the dead-letter queue.",
     ),
     metric(
         "likes_write_retries_total",
+        Worker,
+        &[],
         Counter,
         COUNT,
         "Failed batch writes retried in place.",
     ),
     metric(
         "likes_count_messages_total",
+        Worker,
+        &["outcome"],
         Counter,
         COUNT,
         "Count-change messages pushed to the apis after committed batches, by outcome: published or failed.",
     ),
     metric(
         "likes_queue_depth",
+        Worker,
+        &[],
         Gauge,
         COUNT,
         "Ready messages in the event queues this worker consumes.",
     ),
-    // both
     metric(
         "likes_amqp_connected",
+        Both,
+        &["role"],
         Gauge,
         None,
         "1 while the broker link is up (api: it can publish; worker: it consumes), else 0, by role.",
     ),
     metric(
         "likes_amqp_reconnects_total",
+        Both,
+        &["role"],
         Counter,
         COUNT,
         "Broker reconnections after a lost link, by role.",
     ),
     metric(
         "likes_db_pool_connections",
+        Both,
+        &["state"],
         Gauge,
         COUNT,
         "PostgreSQL pool connections, by state: idle or in_use.",
     ),
     metric(
         "likes_process_id",
+        Both,
+        &[],
         Gauge,
         None,
         "Id of the process serving this endpoint, so a health check can tell whose it reads.",
     ),
     metric(
         "likes_build_info",
+        Both,
+        &["version"],
         Gauge,
         None,
         "Always 1; the version label names the running build.",

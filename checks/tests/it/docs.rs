@@ -1,15 +1,16 @@
-//! What the docs and the dashboard say agrees with the code: the README's
-//! configuration table lists every key of `config/default.toml` with its
-//! default (and nothing else), every metric the Grafana dashboard queries
-//! is one a binary exports, and the metrics the sources record, the ones
-//! `likes_common::telemetry::catalog` describes and the README's metrics
-//! table are the same. Each check also refuses a broken copy.
+//! What the docs and the dashboard say agrees with the code:
+//! `docs/configuration.md`'s table lists every key of `config/default.toml`
+//! with its default (and nothing else); `docs/operations.md`'s metrics table
+//! is `likes_service::telemetry::catalog` rendered, the one description of
+//! each metric, and the catalog names exactly the metrics the sources
+//! record; every metric the Grafana dashboard queries is one a binary
+//! exports. Each check also refuses a broken copy.
 
 use crate::repo;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// `LIKES__SECTION__KEY` → default, as the README's configuration table has
-/// them: a cell's first code span, or `""` for "empty".
+/// `LIKES__SECTION__KEY` → default, as the configuration table has them: a
+/// cell's first code span, or `""` for "empty".
 fn readme_settings(readme: &str) -> BTreeMap<String, String> {
     let section = readme
         .split("\n## ")
@@ -61,22 +62,22 @@ fn table_problems(readme: &str, defaults: &str) -> Vec<String> {
     let mut problems = Vec::new();
     for (variable, default) in &defaults {
         match listed.get(variable) {
-            None => problems.push(format!("{variable} is not in the README's table")),
+            None => problems.push(format!("{variable} is not in the docs' table")),
             Some(shown) if shown != default => problems.push(format!(
-                "{variable}: the README says {shown:?}, config/default.toml {default:?}"
+                "{variable}: the docs say {shown:?}, config/default.toml {default:?}"
             )),
             Some(_) => {}
         }
     }
     for variable in listed.keys().filter(|v| !defaults.contains_key(*v)) {
-        problems.push(format!("{variable} is in the README but is no setting"));
+        problems.push(format!("{variable} is in the docs but is no setting"));
     }
     problems
 }
 
 #[test]
-fn the_readme_lists_every_setting_with_its_default() {
-    let readme = repo::read("README.md");
+fn the_docs_list_every_setting_with_its_default() {
+    let readme = repo::read("docs/configuration.md");
     let defaults = repo::read("config/default.toml");
     let problems = table_problems(&readme, &defaults);
     assert!(problems.is_empty(), "{problems:#?}");
@@ -88,12 +89,12 @@ fn the_readme_lists_every_setting_with_its_default() {
     );
     assert_eq!(
         table_problems(&changed, &defaults),
-        ["LIKES__WORKER__BATCH_SIZE: the README says \"250\", config/default.toml \"500\""]
+        ["LIKES__WORKER__BATCH_SIZE: the docs say \"250\", config/default.toml \"500\""]
     );
     let extra = defaults.replace("[log]\n", "[log]\ncolour = \"auto\"\n");
     assert_eq!(
         table_problems(&readme, &extra),
-        ["LIKES__LOG__COLOUR is not in the README's table"]
+        ["LIKES__LOG__COLOUR is not in the docs' table"]
     );
 }
 
@@ -185,24 +186,36 @@ fn workspace_sources() -> String {
     source
 }
 
-/// The metric names in the README's table of section "Metrics and logs".
-fn readme_metrics(readme: &str) -> BTreeSet<String> {
-    let section = readme
-        .split("\n## ")
-        .find(|s| s.starts_with("Metrics and logs"))
-        .expect("a Metrics and logs section");
-    let rows: String = section
-        .lines()
-        .filter(|l| l.starts_with("| `"))
-        .map(|l| l.split('|').nth(1).unwrap_or_default())
-        .collect();
-    metric_names(&rows)
+/// The metrics table as `docs/operations.md` must hold it: the catalog
+/// rendered, one row per metric.
+fn metrics_table() -> String {
+    use likes_service::telemetry::catalog::{Kind, METRICS};
+    let mut table = String::from("| Metric | Binary | Kind | Meaning |\n|---|---|---|---|\n");
+    for metric in METRICS {
+        let labels = if metric.labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{}}}", metric.labels.join(","))
+        };
+        let kind = match metric.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        table.push_str(&format!(
+            "| `{}{labels}` | {} | {kind} | {} |\n",
+            metric.name,
+            metric.role.as_str(),
+            metric.help
+        ));
+    }
+    table
 }
 
 #[test]
-fn every_recorded_metric_is_described_and_in_the_readme() {
+fn every_recorded_metric_is_described_and_the_docs_table_is_the_catalog() {
     let recorded = exported_metrics(&workspace_sources());
-    let described: BTreeSet<String> = likes_common::telemetry::catalog::METRICS
+    let described: BTreeSet<String> = likes_service::telemetry::catalog::METRICS
         .iter()
         .map(|m| m.name.to_owned())
         .collect();
@@ -211,14 +224,11 @@ fn every_recorded_metric_is_described_and_in_the_readme() {
         recorded, described,
         "the sources record (left) and telemetry::catalog describes (right) other metrics"
     );
-    let listed = readme_metrics(&repo::read("README.md"));
-    assert_eq!(
-        listed, described,
-        "the README's metrics table (left) and telemetry::catalog (right) name other metrics"
+    let table = metrics_table();
+    assert!(
+        repo::read("docs/operations.md").contains(&table),
+        "docs/operations.md must hold the catalog's table as it is now:\n\n{table}"
     );
-
-    let broken = "# likes\n## Metrics and logs\n\n| `likes_made_up_total` | api | counter | no |\n";
-    assert!(!readme_metrics(broken).is_subset(&described));
 }
 
 #[test]
