@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch bench-amqp-clients
+.PHONY: run test help up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch bench-amqp-clients
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -11,6 +11,11 @@ run: services
 ## The whole test suite, with its set-up (services, and the test tools in target/tools).
 test: services tools
 	$(CARGO) test --workspace --locked -- --include-ignored
+
+## This list: every target with what it does.
+help:
+	@awk '/^## /{doc = doc (doc ? " " : "") substr($$0, 4); next} /^$$/{doc = ""} \
+	     /^[a-z][a-z0-9-]*:/{ if (doc) { split($$0, t, ":"); printf "  %-20s %s\n", t[1], doc }; doc = "" }' $(MAKEFILE_LIST)
 
 ## Load test in release mode (api and worker in-process, fresh database and
 ## queues), e.g. make loadtest ARGS="--likes 100000 --baseline direct".
@@ -24,15 +29,18 @@ bench-batch: services
 	$(CARGO) build --release --locked -p likes-loadtest
 	target/release/likes-loadtest bench-batch $(ARGS)
 
-## Start / stop RabbitMQ and PostgreSQL with docker compose.
+## Start RabbitMQ and PostgreSQL with docker compose.
 up:
 	docker compose up -d --wait rabbitmq postgres
+## Stop them.
 down:
 	docker compose down
 
+## Format the code (rustfmt).
 fmt:
 	$(CARGO) fmt --all
 
+## rustfmt --check and clippy with warnings as errors, as CI runs them.
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
@@ -47,6 +55,7 @@ deny: $(CARGO_DENY)/bin/cargo-deny
 $(CARGO_DENY)/bin/cargo-deny:
 	$(CARGO) install --locked --quiet --root $(CARGO_DENY) cargo-deny@$(CARGO_DENY_VERSION)
 
+## Make sure RabbitMQ and PostgreSQL answer on localhost (else docker compose up).
 services:
 	@scripts/services.sh
 
@@ -96,7 +105,7 @@ check-k8s: tools
 bench-amqp-clients: services
 	experiments/amqp-client-rounds/run.sh
 
-## The performance bar of BENCHMARKS.md, with its ceilings, from one run
+## Every figure of BENCHMARKS.md, with its ceilings, from one run
 ## (~15 min; ARGS="--quick" for a shortened check). Results in target/bench/.
 bench: services
 	$(CARGO) build --release --locked --bin likes-api --bin likes-worker --bin likes-loadtest
