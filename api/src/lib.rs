@@ -300,10 +300,16 @@ fn tls_config(settings: &ApiSettings) -> anyhow::Result<Option<ServerTlsConfig>>
     Ok(Some(tls))
 }
 
+/// Reflection serves every message the server sends: the contract, the
+/// health service, and the `google.rpc` status and error details (with the
+/// `google.protobuf` files they import, as tonic-types ships them), so
+/// grpcurl and other reflection clients decode a BadRequest, ErrorInfo or
+/// RetryInfo instead of showing raw bytes.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// SERVING and ready while the broker link is up and unblocked,
