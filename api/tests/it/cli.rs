@@ -134,7 +134,8 @@ fn check_config_of_invalid_settings_exits_2_with_the_error() -> anyhow::Result<(
     assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
     assert_eq!(
         stderr,
-        "error: invalid setting worker.batch_size: must be between 1 and 65535\n"
+        "error: cannot read settings: invalid value: integer `0`, expected a nonzero u16 \
+         for key `worker.batch_size`\n"
     );
     assert!(stdout.is_empty(), "{stdout}");
     Ok(())
