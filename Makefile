@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test help up down fmt lint deny services tools check-compose check-k8s loadtest bench bench-batch bench-amqp-clients
+.PHONY: run test help up down fmt lint deny services tools check-compose check-k8s loadtest bench
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -21,13 +21,6 @@ help:
 ## queues), e.g. make loadtest ARGS="--likes 100000 --baseline direct".
 loadtest: services
 	$(CARGO) run --release -p likes-loadtest -- $(ARGS)
-
-## Batch size sweep: batch sizes 10..5000 on a hot-post
-## and a spread workload, as a markdown table (a few minutes; ARGS are
-## likes-loadtest bench-batch options, e.g. ARGS="--likes 10000 --sizes 50,500").
-bench-batch: services
-	$(CARGO) build --release --locked -p likes-loadtest
-	target/release/likes-loadtest bench-batch $(ARGS)
 
 ## Start RabbitMQ and PostgreSQL with docker compose.
 up:
@@ -99,11 +92,6 @@ check-compose: tools
 ## and config/default.toml (checks/tests/it/k8s.rs; part of make test too).
 check-k8s: tools
 	$(CARGO) test --locked -p likes-checks --test it k8s:: -- --include-ignored
-
-## lapin against amqprs in a publish-confirm loop (experiments/amqp-client-rounds,
-## a crate outside the workspace; ~2 min).
-bench-amqp-clients: services
-	experiments/amqp-client-rounds/run.sh
 
 ## Every figure of BENCHMARKS.md, with its ceilings, from one run
 ## (~15 min; ARGS="--quick" for a shortened check). Results in target/bench/.

@@ -17,7 +17,6 @@ use crate::{
     Options, ProgressView, Report,
     ceiling::{self, Ceiling, GrpcOptions, SharedSpike, pipe::Pipe, pipe::QueueKind},
     processes::{Services, counter_total},
-    reads::{ReadOptions, Reads},
     viewers::{self, SharedReads},
 };
 use anyhow::Context;
@@ -80,8 +79,6 @@ pub struct BenchResults {
     pub crowd: Report,
     pub crowd_api_peak_rss_mib: Option<f64>,
     pub crowd_worker_peak_rss_mib: Option<f64>,
-    /// GetLikeCount on the crowd's hottest and coldest post.
-    pub reads: Vec<Reads>,
     /// The read side of the viral post (needs `../shared/grpc-ceiling`).
     #[serde(default)]
     pub viewers: Option<Viewers>,
@@ -248,24 +245,19 @@ async fn read_side(
     }))
 }
 
-/// The hottest and the coldest post of the processes' database.
-async fn hot_and_cold(services: &Services) -> anyhow::Result<Vec<String>> {
+/// The hottest post of the processes' database.
+async fn hottest_post(services: &Services) -> anyhow::Result<String> {
     #[derive(diesel::QueryableByName)]
     struct Post {
         #[diesel(sql_type = Text)]
         post_id: String,
     }
     let mut db = AsyncPgConnection::establish(services.env.settings.database.url.expose()).await?;
-    let mut posts = Vec::new();
-    for order in ["DESC", "ASC"] {
-        let post: Post = diesel::sql_query(format!(
-            "SELECT post_id FROM like_counts ORDER BY count {order}, post_id LIMIT 1"
-        ))
-        .get_result(&mut db)
-        .await?;
-        posts.push(post.post_id);
-    }
-    Ok(posts)
+    let post: Post =
+        diesel::sql_query("SELECT post_id FROM like_counts ORDER BY count DESC, post_id LIMIT 1")
+            .get_result(&mut db)
+            .await?;
+    Ok(post.post_id)
 }
 
 /// Runs the benchmark; `Ok(false)` when a verification failed.
@@ -374,7 +366,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         .await?,
     );
     eprintln!("== outage");
-    let hot = hot_and_cold(&services).await?.remove(0);
+    let hot = hottest_post(&services).await?;
     let outage = Some(viewers::outage(&bin_dir, &services, &hot).await?);
     let half_rate = spike_report
         .pipeline
@@ -427,13 +419,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     .await?;
     let crowd_api_peak_rss_mib = crate::procfs::peak_rss_mib(&services.api_pid().to_string());
     let crowd_worker_peak_rss_mib = crate::procfs::peak_rss_mib(&services.worker_pid().to_string());
-    eprintln!("== reads");
-    let reads = crate::reads::measure(&ReadOptions {
-        target: services.api_addr(),
-        calls: u32::try_from(scaled(2_000, scale, 200)).unwrap_or(2_000),
-        posts: hot_and_cold(&services).await?,
-    })
-    .await?;
     services.stop().await?;
 
     let services = Services::start(&bin_dir, Some(QueueKind::Quorum)).await?;
@@ -457,7 +442,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         crowd,
         crowd_api_peak_rss_mib,
         crowd_worker_peak_rss_mib,
-        reads,
         viewers,
         freshness_us,
         outage,
@@ -771,21 +755,6 @@ pub fn summary(r: &BenchResults) -> String {
             or_na(r.quorum_likes_per_message.map(|x| format!("{x:.1}")))
         ),
     );
-    if let [hot, cold] = r.reads.as_slice() {
-        row(
-            format!(
-                "GetLikeCount p50 / p99, one caller: post with {} likes vs {}",
-                hot.count, cold.count
-            ),
-            format!(
-                "{} / {} vs {} / {}",
-                ms(hot.latency_us.p50),
-                ms(hot.latency_us.p99),
-                ms(cold.latency_us.p50),
-                ms(cold.latency_us.p99)
-            ),
-        );
-    }
     let _ = writeln!(s);
     viewers_summary(&mut s, r);
     for (what, trials) in [
@@ -962,7 +931,6 @@ mod tests {
             crowd: report(25_000.0, 90_000, &[]),
             crowd_api_peak_rss_mib: Some(60.0),
             crowd_worker_peak_rss_mib: Some(40.0),
-            reads: Vec::new(),
             viewers: None,
             freshness_us: None,
             outage: None,

@@ -16,10 +16,8 @@
 
 pub mod baseline;
 pub mod bench;
-pub mod bench_batch;
 pub mod broker;
 pub mod ceiling;
-pub mod chart;
 pub mod driver;
 pub mod http2;
 pub mod monitor;
@@ -27,7 +25,6 @@ pub mod options;
 pub mod probe;
 pub mod processes;
 pub mod procfs;
-pub mod reads;
 pub mod report;
 pub mod scenario;
 pub mod viewers;
@@ -82,16 +79,10 @@ pub async fn run(options: &Options, view: ProgressView) -> anyhow::Result<Report
         unlike_fraction: options.unlike_fraction,
         seed,
     };
-    let (pipeline, samples, worker_settings) = match &options.target {
+    let (pipeline, worker_settings) = match &options.target {
         None => in_process(options, &workload, view).await?,
-        Some(target) => {
-            let (report, samples) = against(target, options, &workload, view).await?;
-            (report, samples, None)
-        }
+        Some(target) => (against(target, options, &workload, view).await?, None),
     };
-    if let Some(path) = &options.chart {
-        chart::draw(path, "likes pipeline under load", &samples)?;
-    }
     let baseline = match options.baseline {
         Some(Baseline::Direct) => Some(direct(options, &workload, view).await?),
         None => None,
@@ -154,7 +145,7 @@ async fn in_process(
     options: &Options,
     workload: &Workload,
     view: ProgressView,
-) -> anyhow::Result<(SystemReport, Vec<Sample>, WorkerSettingsUsed)> {
+) -> anyhow::Result<(SystemReport, WorkerSettingsUsed)> {
     let mut env = fresh_env()?;
     if let Some(size) = options.batch_size {
         env.settings.worker.batch_size = size;
@@ -180,8 +171,7 @@ async fn in_process(
     if let Err(error) = worker.stop().await {
         tracing::warn!(%error, "the worker did not stop cleanly");
     }
-    let (report, samples) = measured?;
-    Ok((report, samples, Some(env.settings.worker.clone())))
+    Ok((measured?, Some(env.settings.worker.clone())))
 }
 
 /// A running api at `target`; its database and queue from the options, else
@@ -191,7 +181,7 @@ async fn against(
     options: &Options,
     workload: &Workload,
     view: ProgressView,
-) -> anyhow::Result<(SystemReport, Vec<Sample>)> {
+) -> anyhow::Result<SystemReport> {
     let settings = Settings::load().context("loading the settings")?;
     let database = options
         .database_url
@@ -233,8 +223,7 @@ async fn direct(
         queue: None,
         pool_size: Some(size),
     };
-    let (report, _samples) = measure(system, options, workload, view).await?;
-    Ok(report)
+    measure(system, options, workload, view).await
 }
 
 /// Counter values of an in-process worker, and its flush times so far.
@@ -265,7 +254,7 @@ async fn measure(
     options: &Options,
     workload: &Workload,
     view: ProgressView,
-) -> anyhow::Result<(SystemReport, Vec<Sample>)> {
+) -> anyhow::Result<SystemReport> {
     let names = Names::random();
     let own = Arc::new(AtomicU64::new(0));
     // Every connection is opened before the first count of transactions:
@@ -385,7 +374,7 @@ async fn measure(
         verification,
     );
     report.process_cpu = process_cpu;
-    Ok((report, samples))
+    Ok(report)
 }
 
 /// The load generator itself and the processes of `--cpu-of`.

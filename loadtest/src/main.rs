@@ -1,6 +1,5 @@
 //! `likes-loadtest`: parses the command line and runs the load test (no
-//! subcommand) or one of the tools built on it: `bench`, `bench-batch`,
-//! `reads`, `ceiling …`. Exit status of a load test: 0 when verification
+//! subcommand) or one of the tools built on it: `bench`, `ceiling …`. Exit status of a load test: 0 when verification
 //! passed, 1 when it found a difference, 2 when the test could not run,
 //! 130 when interrupted.
 
@@ -10,7 +9,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
-use likes_loadtest::{Options, ProgressView, bench, bench_batch, ceiling::CeilingCommand, reads};
+use likes_loadtest::{Options, ProgressView, bench, ceiling::CeilingCommand};
 use std::{io::IsTerminal, process::ExitCode};
 
 #[derive(Debug, Parser)]
@@ -31,10 +30,6 @@ enum Command {
     /// Every figure of BENCHMARKS.md in one run, with the ceilings measured
     /// right before (make bench).
     Bench(bench::BenchOptions),
-    /// The worker's batch size swept over two workloads (make bench-batch).
-    BenchBatch(bench_batch::BatchOptions),
-    /// GetLikeCount latency of given posts on a running api.
-    Reads(reads::ReadOptions),
     /// What RabbitMQ and PostgreSQL, or gRPC, allow on this machine at best.
     #[command(subcommand)]
     Ceiling(CeilingCommand),
@@ -56,21 +51,6 @@ async fn run() -> ExitCode {
     let outcome = match cli.command {
         None => return load_test(&cli.load).await,
         Some(Command::Bench(options)) => bench::run(&options).await,
-        Some(Command::BenchBatch(options)) => bench_batch::run(&options).await,
-        Some(Command::Reads(options)) => reads::measure(&options).await.map(|reads| {
-            for r in reads {
-                println!(
-                    "post={} count={} calls={} p50_us={} p99_us={} max_us={}",
-                    r.post,
-                    r.count,
-                    r.latency_us.count,
-                    r.latency_us.p50,
-                    r.latency_us.p99,
-                    r.latency_us.max
-                );
-            }
-            true
-        }),
         Some(Command::Ceiling(command)) => {
             likes_loadtest::ceiling::run(&command).await.map(|()| true)
         }

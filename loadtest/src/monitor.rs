@@ -1,5 +1,5 @@
 //! Samples the run every 250 ms — requests sent and acknowledged, likes
-//! persisted, queue depth — for the chart and the peak queue depth, and
+//! persisted, queue depth — for the peak queue depth, and
 //! draws the live progress bar from the same samples.
 
 use crate::{broker::QueueProbe, driver::Live, probe::Probe};

@@ -1,7 +1,7 @@
 //! Command-line options of the load generator.
 
 use clap::{Parser, ValueEnum};
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 /// Drives the likes api with a celebrity-post workload, reports throughput,
 /// latency and database cost, and verifies every acknowledged like in
@@ -50,10 +50,6 @@ pub struct Options {
     /// Print the report as one JSON object on stdout (hides the progress bar).
     #[arg(long)]
     pub json: bool,
-
-    /// Write an SVG chart of accepted/s, persisted/s and queue depth over time.
-    #[arg(long, value_name = "FILE.svg")]
-    pub chart: Option<PathBuf>,
 
     /// Also run the same workload written straight into PostgreSQL, one
     /// transaction per request, and compare.

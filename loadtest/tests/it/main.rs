@@ -11,11 +11,6 @@ fn options(args: &[&str]) -> Options {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mixed_celebrity_workload_is_persisted_exactly_and_reported() -> anyhow::Result<()> {
-    let chart = std::env::temp_dir().join(format!("likes-loadtest-it-{}.svg", std::process::id()));
-    let chart_arg = chart
-        .to_str()
-        .expect("temp paths are UTF-8 here")
-        .to_owned();
     let options = options(&[
         "--likes",
         "2000",
@@ -33,12 +28,8 @@ async fn a_mixed_celebrity_workload_is_persisted_exactly_and_reported() -> anyho
         "42",
         "--drain-timeout",
         "60",
-        "--chart",
-        &chart_arg,
     ]);
     let report = likes_loadtest::run(&options, ProgressView::Hidden).await?;
-    let svg = std::fs::read_to_string(&chart);
-    let _ = std::fs::remove_file(&chart);
     assert!(report.passed(), "{report}");
 
     let p = &report.pipeline;
@@ -87,8 +78,6 @@ async fn a_mixed_celebrity_workload_is_persisted_exactly_and_reported() -> anyho
         "batching costs less than a transaction per like: {report}"
     );
 
-    let svg = svg?;
-    assert!(svg.starts_with("<svg") && svg.contains("persisted/s"));
     Ok(())
 }
 
