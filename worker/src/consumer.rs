@@ -25,30 +25,21 @@
 use crate::{
     batcher::{BatchEnd, next_batch},
     error::WorkerError,
-    event::{self, Poison},
+    event,
     stats::WorkerStats,
-    writer::{WriteError, Writer},
+    writer::{Isolated, Writer},
 };
 use futures_util::StreamExt;
-use lapin::{
-    Channel, Consumer,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, ConfirmSelectOptions,
-    },
-    types::FieldTable,
-};
 use likes_common::config::{AmqpSettings, Settings};
-use likes_db::{DbError, LikeChange};
+use likes_db::LikeChange;
 use likes_proto::pb::LikeEvent;
 use likes_queue::{
-    PublishError,
+    Channel, Consumer, Delivery, PublishError,
     codec::{self, Decoded, Kind},
-    dead_letters,
+    consume, dead_letters,
 };
 use likes_service::telemetry::otel;
-use std::{ops::Range, sync::Arc};
+use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info_span};
@@ -82,20 +73,7 @@ pub async fn subscribe(
     queue: &str,
     settings: &Settings,
 ) -> Result<Consumer, WorkerError> {
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    channel
-        .basic_qos(settings.worker.prefetch(), BasicQosOptions::default())
-        .await?;
-    Ok(channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?)
+    Ok(consume::subscribe(channel, queue, settings.worker.prefetch()).await?)
 }
 
 /// Consumes the deliveries of `consumer` (from [`subscribe`] on `channel`)
@@ -173,10 +151,7 @@ pub async fn consume(
     }
     // Stop deliveries; anything prefetched but not in a batch is requeued by
     // the broker when the channel closes.
-    if let Err(error) = channel
-        .basic_cancel(tag, BasicCancelOptions::default())
-        .await
-    {
+    if let Err(error) = consume::cancel(channel, tag.as_str()).await {
         tracing::debug!(%error, "cancelling the consumer");
     }
     Ok(())
@@ -239,10 +214,11 @@ impl Settler<'_> {
             .expect("settle is called with at least one message");
         let mut events = 0;
         let mut deliveries = Vec::with_capacity(messages.len());
-        // Parallel vectors: each change and the index of its delivery, so a
-        // slice of changes goes to the writer as it is.
+        // Parallel vectors: each change, and the delivery and event it came
+        // from, so a slice of changes goes to the writer as it is and a
+        // refused one is dead-lettered as it was decoded.
         let mut changes: Vec<LikeChange> = Vec::new();
-        let mut origins: Vec<usize> = Vec::new();
+        let mut sources: Vec<(usize, LikeEvent)> = Vec::new();
         for (index, Incoming { delivery, decoded }) in messages.into_iter().enumerate() {
             match decoded {
                 Err(error) => {
@@ -254,14 +230,13 @@ impl Settler<'_> {
                     events += held.len();
                     changes.reserve(held.len());
                     for held in held {
-                        match event::validate(held) {
+                        match event::validate(&held) {
                             Ok(change) => {
                                 changes.push(change);
-                                origins.push(index);
+                                sources.push((index, held));
                             }
-                            Err(poison) => {
-                                let Poison { reason, event } = *poison;
-                                self.dead_letter(&delivery, kind, &event, &reason.to_string())
+                            Err(reason) => {
+                                self.dead_letter(&delivery, kind, &held, &reason.to_string())
                                     .await?;
                             }
                         }
@@ -270,23 +245,26 @@ impl Settler<'_> {
             }
             deliveries.push(delivery);
         }
-        match self.write_isolating(&changes).await {
-            Ok((tally, refused)) => {
+        match self.writer.write_isolating(&changes, self.shutdown).await {
+            Ok(Isolated { written, refused }) => {
+                let mut tally = Tally::default();
+                for (size, outcome) in written {
+                    self.stats.statement_committed(size, outcome.rows_changed);
+                    tally.add(outcome);
+                }
                 for (change, error) in refused {
-                    let delivery = &deliveries[origins[change]];
-                    let event = event::to_event(&changes[change]);
+                    let (origin, event) = &sources[change];
+                    let delivery = &deliveries[*origin];
                     self.dead_letter(
                         delivery,
                         Kind::of(&delivery.properties),
-                        &event,
+                        event,
                         &error.to_string(),
                     )
                     .await?;
                 }
                 // Every event is now committed or dead-lettered.
-                self.channel
-                    .basic_ack(last_tag, BasicAckOptions { multiple: true })
-                    .await?;
+                consume::ack_through(self.channel, last_tag).await?;
                 let flush = started.elapsed();
                 self.stats.batch_acked(events, flush);
                 tracing::info!(
@@ -307,57 +285,11 @@ impl Settler<'_> {
                 // Parts already committed, and copies already dead-lettered,
                 // come back too; writing them again changes nothing, as every
                 // write is idempotent.
-                self.channel
-                    .basic_nack(
-                        last_tag,
-                        BasicNackOptions {
-                            multiple: true,
-                            requeue: true,
-                        },
-                    )
-                    .await?;
+                consume::requeue_through(self.channel, last_tag).await?;
                 self.stats.batch_requeued();
                 Ok(())
             }
         }
-    }
-
-    /// Writes `changes`; when the database refuses a slice for good, splits
-    /// it in halves until the refused changes stand alone, and writes the
-    /// rest. One statement when all is well. Returns what was written and
-    /// the refused changes (by index) with the database's reason.
-    async fn write_isolating(
-        &self,
-        changes: &[LikeChange],
-    ) -> Result<(Tally, Vec<(usize, DbError)>), WriteError> {
-        let mut tally = Tally::default();
-        let mut refused = Vec::new();
-        let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
-        pending.push(0..changes.len());
-        while let Some(range) = pending.pop() {
-            if range.is_empty() {
-                continue;
-            }
-            let slice = &changes[range.clone()];
-            match self.writer.write(slice, self.shutdown).await {
-                Ok(outcome) => {
-                    self.stats
-                        .statement_committed(slice.len(), outcome.rows_changed);
-                    tally.add(outcome);
-                }
-                Err(WriteError::Permanent(error)) if range.len() == 1 => {
-                    refused.push((range.start, error));
-                }
-                Err(WriteError::Permanent(error)) => {
-                    tracing::warn!(%error, slice.size = range.len(), "the database refuses part of a batch; splitting it");
-                    let middle = range.start + range.len() / 2;
-                    pending.push(middle..range.end);
-                    pending.push(range.start..middle);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Ok((tally, refused))
     }
 
     /// Tells the apis the new counts of the batch's posts. Best effort: a

@@ -5,7 +5,7 @@
 pub enum WorkerError {
     /// The broker connection or channel failed; the caller may reconnect.
     #[error("RabbitMQ: {0}")]
-    Broker(#[from] lapin::Error),
+    Broker(#[from] likes_queue::AmqpError),
     /// A message that can never be written could not be moved to the
     /// dead-letter queue; the batch stays unacked and comes back.
     #[error("cannot dead-letter a message: {0}")]

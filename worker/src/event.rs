@@ -22,24 +22,15 @@ pub enum PoisonReason {
     Action(i32),
 }
 
-/// An event that breaks the rules, handed back whole for the dead-letter
-/// queue.
-#[derive(Debug)]
-pub struct Poison {
-    pub reason: PoisonReason,
-    pub event: LikeEvent,
-}
-
-/// The change an event asks for, or why it is poison.
-pub fn validate(event: LikeEvent) -> Result<LikeChange, Box<Poison>> {
-    let (action, event_id) = match check(&event) {
-        Ok(checked) => checked,
-        Err(reason) => return Err(Box::new(Poison { reason, event })),
-    };
+/// The change an event asks for, or why it is poison. The event itself is
+/// left to the caller, who dead-letters it as it came if it is poison or
+/// the database refuses its change.
+pub fn validate(event: &LikeEvent) -> Result<LikeChange, PoisonReason> {
+    let (action, event_id) = check(event)?;
     Ok(LikeChange {
         event_id,
-        post_id: PostId::parse(event.post_id).expect("post_id was checked above"),
-        user_id: UserId::parse(event.user_id).expect("user_id was checked above"),
+        post_id: PostId::parse(event.post_id.clone()).expect("post_id was checked above"),
+        user_id: UserId::parse(event.user_id.clone()).expect("user_id was checked above"),
         action,
         occurred_at_micros: event.occurred_at_micros,
     })
@@ -58,21 +49,6 @@ fn check(event: &LikeEvent) -> Result<(Action, Uuid), PoisonReason> {
     Ok((action, event_id))
 }
 
-/// The queue event a change came from, to dead-letter it alone.
-pub fn to_event(change: &LikeChange) -> LikeEvent {
-    let action = match change.action {
-        Action::Like => like_event::Action::Like,
-        Action::Unlike => like_event::Action::Unlike,
-    };
-    LikeEvent {
-        event_id: change.event_id.to_string(),
-        post_id: change.post_id.to_string(),
-        user_id: change.user_id.to_string(),
-        action: action.into(),
-        occurred_at_micros: change.occurred_at_micros,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,37 +64,42 @@ mod tests {
     }
 
     #[test]
-    fn a_like_and_an_unlike_are_valid_and_convert_back() {
+    fn a_like_and_an_unlike_are_valid() {
         let like = event(like_event::Action::Like);
-        let change = validate(like.clone()).expect("valid");
+        let change = validate(&like).expect("valid");
         assert_eq!(change.action, Action::Like);
-        assert_eq!(to_event(&change), like);
-        let unlike = validate(event(like_event::Action::Unlike)).expect("valid");
+        assert_eq!(change.event_id.to_string(), like.event_id);
+        assert_eq!(
+            (change.post_id.as_str(), change.user_id.as_str()),
+            ("p", "u")
+        );
+        let unlike = validate(&event(like_event::Action::Unlike)).expect("valid");
         assert_eq!(unlike.action, Action::Unlike);
     }
 
     #[test]
-    fn invalid_fields_are_poison_and_the_event_comes_back_whole() {
+    fn invalid_fields_are_poison() {
         let unspecified = event(like_event::Action::Unspecified);
-        let poison = validate(unspecified.clone()).expect_err("no action");
-        assert!(matches!(poison.reason, PoisonReason::Action(0)));
-        assert_eq!(poison.event, unspecified);
+        assert!(matches!(
+            validate(&unspecified).expect_err("no action"),
+            PoisonReason::Action(0)
+        ));
         let mut bad_id = event(like_event::Action::Like);
         bad_id.event_id = "nope".into();
         assert!(matches!(
-            validate(bad_id).expect_err("bad id").reason,
+            validate(&bad_id).expect_err("bad id"),
             PoisonReason::EventId(_)
         ));
         let mut empty_post = event(like_event::Action::Like);
         empty_post.post_id.clear();
         assert!(matches!(
-            validate(empty_post).expect_err("empty post").reason,
+            validate(&empty_post).expect_err("empty post"),
             PoisonReason::PostId(IdError::Empty)
         ));
         let mut control = event(like_event::Action::Like);
         control.user_id = "a\u{7}b".into();
         assert!(matches!(
-            validate(control).expect_err("control character").reason,
+            validate(&control).expect_err("control character"),
             PoisonReason::UserId(IdError::ControlCharacter(7))
         ));
     }

@@ -133,7 +133,7 @@ impl Worker {
     /// shard's consumer is registered until the session ends.
     async fn consume_on(
         &self,
-        connection: &lapin::Connection,
+        connection: &likes_queue::Connection,
         readiness: &ReadinessReporter,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
@@ -303,7 +303,11 @@ fn the_one_worker() -> anyhow::Result<u32> {
 /// Publishes the ready messages of the queues this worker consumes as
 /// `likes_queue_depth` every two seconds, on a channel of its own, until
 /// `stop` is cancelled.
-async fn report_queue_depth(channel: lapin::Channel, queues: Vec<String>, stop: CancellationToken) {
+async fn report_queue_depth(
+    channel: likes_queue::Channel,
+    queues: Vec<String>,
+    stop: CancellationToken,
+) {
     loop {
         let mut depth = 0_u64;
         for queue in &queues {

@@ -11,7 +11,7 @@
 use backon::{BackoffBuilder, ExponentialBuilder};
 use likes_common::config::WorkerSettings;
 use likes_db::{DbError, LikeChange, PgPool, WriteOutcome, repository};
-use std::time::Duration;
+use std::{future::Future, ops::Range, time::Duration};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -107,8 +107,111 @@ impl Writer {
         }
     }
 
+    /// Writes `changes`; when the database refuses a slice for good, splits
+    /// it in halves until the refused changes stand alone, and writes the
+    /// rest. One statement when all is well. A transient failure that
+    /// outlasts the retry budget ends it: the batch goes back to the queue.
+    pub async fn write_isolating(
+        &self,
+        changes: &[LikeChange],
+        shutdown: &CancellationToken,
+    ) -> Result<Isolated, WriteError> {
+        isolate(changes.len(), |range| self.write(&changes[range], shutdown)).await
+    }
+
     async fn attempt(&self, changes: &[LikeChange]) -> Result<WriteOutcome, DbError> {
         let mut conn = likes_db::checkout(&self.pool).await?;
         repository::write_batch(&mut conn, changes).await
+    }
+}
+
+/// What a batch's statements wrote, and the changes the database refused
+/// for good (by index) with its reason.
+#[derive(Debug, Default)]
+pub struct Isolated {
+    /// One per statement committed, with how many changes it wrote.
+    pub written: Vec<(usize, WriteOutcome)>,
+    pub refused: Vec<(usize, DbError)>,
+}
+
+/// The splitting of [`Writer::write_isolating`], over `len` changes written
+/// by `write` a range at a time.
+async fn isolate<F, Fut>(len: usize, mut write: F) -> Result<Isolated, WriteError>
+where
+    F: FnMut(Range<usize>) -> Fut,
+    Fut: Future<Output = Result<WriteOutcome, WriteError>>,
+{
+    let mut isolated = Isolated::default();
+    let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
+    pending.push(0..len);
+    while let Some(range) = pending.pop() {
+        if range.is_empty() {
+            continue;
+        }
+        match write(range.clone()).await {
+            Ok(outcome) => isolated.written.push((range.len(), outcome)),
+            Err(WriteError::Permanent(error)) if range.len() == 1 => {
+                isolated.refused.push((range.start, error));
+            }
+            Err(WriteError::Permanent(error)) => {
+                tracing::warn!(%error, slice.size = range.len(), "the database refuses part of a batch; splitting it");
+                let middle = range.start + range.len() / 2;
+                pending.push(middle..range.end);
+                pending.push(range.start..middle);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(isolated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused() -> WriteError {
+        WriteError::Permanent(DbError::Migration("refused".into()))
+    }
+
+    #[tokio::test]
+    async fn refused_changes_are_split_out_and_the_rest_is_written_in_few_statements() {
+        let bad = [3, 4, 17];
+        let mut statements = Vec::new();
+        let isolated = isolate(20, |range: Range<usize>| {
+            statements.push(range.clone());
+            let refuses = bad.iter().any(|b| range.contains(b));
+            async move {
+                if refuses {
+                    Err(refused())
+                } else {
+                    Ok(WriteOutcome::default())
+                }
+            }
+        })
+        .await
+        .expect("only permanent refusals");
+        let mut refused: Vec<usize> = isolated.refused.iter().map(|(i, _)| *i).collect();
+        refused.sort_unstable();
+        assert_eq!(refused, bad);
+        let written: usize = isolated.written.iter().map(|(n, _)| n).sum();
+        assert_eq!(written, 17, "every other change written once");
+        assert!(statements.len() < 20, "{statements:?}");
+        assert_eq!(statements[0], 0..20, "one statement first");
+    }
+
+    #[tokio::test]
+    async fn a_batch_without_refusals_is_one_statement_and_a_lasting_outage_ends_it() {
+        let isolated = isolate(500, |_| async { Ok(WriteOutcome::default()) })
+            .await
+            .expect("written");
+        assert_eq!(isolated.written.len(), 1);
+        let gave_up = isolate(500, |_| async {
+            Err(WriteError::GaveUp {
+                attempts: 3,
+                last: DbError::Unavailable,
+            })
+        })
+        .await;
+        assert!(matches!(gave_up, Err(WriteError::GaveUp { .. })));
     }
 }
