@@ -22,7 +22,7 @@ use crate::{
 use lapin::{
     BasicProperties, Channel,
     message::{BasicGetMessage, Delivery},
-    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
+    options::{BasicAckOptions, BasicGetOptions},
     types::{AMQPValue, FieldTable},
 };
 use likes_common::config::AmqpSettings;
@@ -127,7 +127,7 @@ pub async fn list(
         seen.push(describe(&message));
     }
     if let Some(tag) = last_tag {
-        requeue_through(channel, tag).await?;
+        crate::consume::requeue_through(channel, tag).await?;
     }
     Ok(seen)
 }
@@ -193,7 +193,7 @@ pub async fn replay(
         }
     }
     if let Some(tag) = last_kept {
-        requeue_through(channel, tag).await?;
+        crate::consume::requeue_through(channel, tag).await?;
     }
     Ok(outcome)
 }
@@ -219,19 +219,6 @@ fn replay_queue(settings: &AmqpSettings, delivery: &Delivery) -> String {
 async fn get(channel: &Channel, queue: &str) -> lapin::Result<Option<BasicGetMessage>> {
     channel
         .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-        .await
-}
-
-/// Hands back every message still held, up to `tag`.
-async fn requeue_through(channel: &Channel, tag: u64) -> lapin::Result<()> {
-    channel
-        .basic_nack(
-            tag,
-            BasicNackOptions {
-                multiple: true,
-                requeue: true,
-            },
-        )
         .await
 }
 

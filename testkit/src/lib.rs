@@ -195,6 +195,14 @@ impl TestEnv {
         Ok(settings)
     }
 
+    /// This env's settings with RabbitMQ reached through `addr` (say, a
+    /// [`proxy::FaultProxy`] in front of the local broker).
+    pub fn settings_with_broker_at(&self, addr: SocketAddr) -> Settings {
+        let mut settings = self.settings.clone();
+        settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{addr}/%2f"));
+        settings
+    }
+
     /// A channel with this env's queues declared and confirms on.
     pub async fn amqp(&self) -> anyhow::Result<(Connection, Channel)> {
         let connection = likes_queue::connect(&self.settings.amqp, "likes-test").await?;

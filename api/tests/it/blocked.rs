@@ -3,17 +3,15 @@
 //! with `BROKER_BLOCKED`; readiness says so; after the alarm the api serves
 //! again on the same connection, and every OK'd Like is stored once.
 
-use crate::{API, ONE_AT_A_TIME, connect, like};
+use crate::{ONE_AT_A_TIME, api_process, like};
 use likes_proto::pb::LikeRequest;
 use likes_testkit::{
     TestEnv, eventually,
     faults::MemoryAlarm,
-    free_port,
     load::{expected_states, timed_likes},
-    process::ServiceProcess,
     sample, scrape, verify, wait_for_readiness,
 };
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -87,15 +85,10 @@ async fn under_a_memory_alarm_sixty_four_callers_are_each_answered_within_the_co
 async fn a_blocked_connection_is_answered_at_once_and_serves_again_when_unblocked()
 -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut env = TestEnv::new();
-    let port = free_port()?;
-    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
-    env.settings.api.metrics_listen = format!("127.0.0.1:{}", free_port()?);
-    env.db().await?;
-    let _api = ServiceProcess::spawn(Path::new(API), &env.settings)?;
+    let env = TestEnv::new();
+    let (_api, mut client, settings) = api_process(&env, env.settings.clone(), true).await?;
     let _worker = env.spawn_worker().await?;
-    let metrics = env.settings.api.metrics_listen.clone();
-    let mut client = connect(port).await?;
+    let metrics = settings.api.metrics_listen.clone();
     wait_for_readiness(&metrics, true, Duration::from_secs(20)).await?;
     like(&mut client, "before").await?;
     let mut sent = vec!["before".to_owned()];

@@ -2,7 +2,6 @@
 //! sees: DEADLINE_EXCEEDED, never CANCELLED (tonic's own timer's answer).
 
 use crate::ONE_AT_A_TIME;
-use likes_common::config::SecretUrl;
 use likes_proto::pb::LikeRequest;
 use likes_testkit::{TestEnv, eventually, http2, proxy::FaultProxy};
 use prost::Message;
@@ -49,7 +48,7 @@ async fn while_the_broker_holds_confirms_every_passed_deadline_is_deadline_excee
     // confirm comes back, and the broker does not say why (a blocked
     // connection would be answered at once instead).
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    env.settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    env.settings = env.settings_with_broker_at(proxy.addr());
     env.settings.api.confirm_timeout_ms = 5_000;
     let waits_for_the_deadline = env.spawn_api().await?;
     let mut settings = env.settings.clone();

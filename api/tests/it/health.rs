@@ -3,8 +3,7 @@
 //! (cut and restored by a fault proxy), and the metrics describe
 //! themselves from the start.
 
-use crate::{API, ONE_AT_A_TIME, connect};
-use likes_common::config::SecretUrl;
+use crate::{API, ONE_AT_A_TIME, api_process, connect};
 use likes_service::telemetry::health::Probe;
 use likes_testkit::{
     TestEnv, assert_started_metrics, eventually, free_port, probe, process::ServiceProcess,
@@ -24,21 +23,16 @@ fn health_check_binary(
 async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_ok()
 -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut env = TestEnv::new();
-    let port = free_port()?;
-    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
-    env.settings.api.metrics_listen = format!("127.0.0.1:{}", free_port()?);
-    env.db().await?;
+    let env = TestEnv::new();
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut settings = env.settings.clone();
-    settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
-    let api = ServiceProcess::spawn(Path::new(API), &settings)?;
+    let (api, _client, settings) =
+        api_process(&env, env.settings_with_broker_at(proxy.addr()), true).await?;
     let metrics = settings.api.metrics_listen.clone();
 
     let answer = wait_for_readiness(&metrics, true, Duration::from_secs(20)).await?;
     assert_eq!(answer.text, "ready");
     assert_eq!(answer.process_id, Some(api.pid()));
-    assert_eq!(answer.grpc_listen, Some(format!("127.0.0.1:{port}")));
+    assert_eq!(answer.grpc_listen, Some(settings.api.listen.to_string()));
     let live = probe(&metrics, Probe::Live).await?;
     assert!(live.ok, "{live:?}");
     assert_eq!(live.text, "live");
@@ -100,7 +94,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
     // Broker back: ready again, and Like works.
     proxy.restore();
     wait_for_readiness(&metrics, true, Duration::from_secs(30)).await?;
-    let mut client = connect(port).await?;
+    let mut client = connect(settings.api.listen.port()).await?;
     crate::like(&mut client, "after-the-cut").await?;
     let (passed, said) = health_check_binary(&settings, &[])?;
     assert!(passed, "{said}");

@@ -11,7 +11,6 @@ mod floods;
 mod health;
 mod processes;
 
-use likes_common::config::SecretUrl;
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
 use likes_testkit::{TestEnv, eventually, process::ServiceProcess, proxy::FaultProxy};
 use std::{path::Path, time::Duration};
@@ -25,12 +24,32 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::const_new(());
 async fn spawn_api_process(
     env: &mut TestEnv,
 ) -> anyhow::Result<(ServiceProcess, LikeServiceClient<tonic::transport::Channel>)> {
-    let port = likes_testkit::free_port()?;
-    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
-    env.db().await?;
-    let api = ServiceProcess::spawn(Path::new(API), &env.settings)?;
-    let client = connect(port).await?;
+    let (api, client, settings) = api_process(env, env.settings.clone(), false).await?;
+    env.settings = settings;
     Ok((api, client))
+}
+
+/// Starts the api binary with `settings` (of `env`'s database), on a free
+/// port and, with `metrics`, with its metrics endpoint on another; once it
+/// answers: the process, a client, and the settings it runs with.
+async fn api_process(
+    env: &TestEnv,
+    mut settings: likes_common::Settings,
+    metrics: bool,
+) -> anyhow::Result<(
+    ServiceProcess,
+    LikeServiceClient<tonic::transport::Channel>,
+    likes_common::Settings,
+)> {
+    let port = likes_testkit::free_port()?;
+    settings.api.listen = format!("127.0.0.1:{port}").parse()?;
+    if metrics {
+        settings.api.metrics_listen = format!("127.0.0.1:{}", likes_testkit::free_port()?);
+    }
+    env.db().await?;
+    let api = ServiceProcess::spawn(Path::new(API), &settings)?;
+    let client = connect(port).await?;
+    Ok((api, client, settings))
 }
 
 /// A client of the api on `port`, once it listens.
@@ -60,24 +79,12 @@ async fn like(
 async fn sigterm_lets_calls_in_flight_finish_with_their_confirms_and_exits_zero()
 -> anyhow::Result<()> {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let mut env = TestEnv::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
-    env.db().await?;
+    let env = TestEnv::new();
     // The broker link runs through a proxy so a confirm can be held back.
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut api_settings = env.settings.clone();
-    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
-    let mut api = ServiceProcess::spawn(Path::new(API), &api_settings)?;
-
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut client = eventually(Duration::from_secs(20), "the api to listen", || {
-        let endpoint = endpoint.clone();
-        async move { Ok(LikeServiceClient::connect(endpoint).await.ok()) }
-    })
-    .await?;
+    let (mut api, mut client, settings) =
+        api_process(&env, env.settings_with_broker_at(proxy.addr()), false).await?;
+    let endpoint = format!("http://{}", settings.api.listen);
     like(&mut client, "warm").await?;
 
     proxy.stall();
@@ -213,14 +220,9 @@ async fn sigterm_while_the_broker_holds_every_confirm_exits_within_the_confirm_t
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut env = TestEnv::new();
     env.settings.api.confirm_timeout_ms = 1_000;
-    let port = likes_testkit::free_port()?;
-    env.settings.api.listen = format!("127.0.0.1:{port}").parse()?;
-    env.db().await?;
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut api_settings = env.settings.clone();
-    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
-    let mut api = ServiceProcess::spawn(Path::new(API), &api_settings)?;
-    let client = connect(port).await?;
+    let (mut api, client, _) =
+        api_process(&env, env.settings_with_broker_at(proxy.addr()), false).await?;
     like(&mut client.clone(), "warm").await?;
 
     // 64 callers keep calling while nothing is confirmed; SIGTERM once

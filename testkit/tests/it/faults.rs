@@ -173,8 +173,7 @@ async fn api_behind_proxy(
     let mut env = TestEnv::new();
     env.settings.api.confirm_timeout_ms = confirm_timeout_ms;
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut api_settings = env.settings.clone();
-    api_settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let api_settings = env.settings_with_broker_at(proxy.addr());
     let api = likes_testkit::RunningApi::spawn_with(&api_settings).await?;
     Ok((env, proxy, api))
 }

@@ -5,7 +5,6 @@
 //! project's own virtualenv (`likes_testkit::tools`) and runs these tests;
 //! a plain `cargo test` reports them ignored.
 
-use likes_common::config::SecretUrl;
 use likes_testkit::{RunningApi, TestEnv, proxy::FaultProxy, tools};
 use std::{path::Path, process::Command, time::Duration};
 use tokio::time::Instant;
@@ -122,8 +121,7 @@ async fn the_readmes_first_calls_print_what_the_readme_shows() -> anyhow::Result
 async fn grpcurl_decodes_field_violations_and_retry_delays() -> anyhow::Result<()> {
     let env = TestEnv::new();
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut settings = env.settings.clone();
-    settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let settings = env.settings_with_broker_at(proxy.addr());
     let api = RunningApi::spawn_with(&settings).await?;
     let like = |body: &str| {
         vec![

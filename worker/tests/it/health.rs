@@ -4,7 +4,6 @@
 //! describe themselves from the start.
 
 use crate::WORKER;
-use likes_common::config::SecretUrl;
 use likes_service::telemetry::health::Probe;
 use likes_testkit::{
     TestEnv, assert_started_metrics, free_port, probe, process::ServiceProcess, proxy::FaultProxy,
@@ -18,8 +17,7 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
     env.settings.worker.metrics_listen = format!("127.0.0.1:{}", free_port()?);
     env.db().await?;
     let proxy = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-    let mut settings = env.settings.clone();
-    settings.amqp.url = SecretUrl::new(format!("amqp://guest:guest@{}/%2f", proxy.addr()));
+    let settings = env.settings_with_broker_at(proxy.addr());
     let worker = ServiceProcess::spawn(Path::new(WORKER), &settings)?;
     let pid = Some(worker.pid());
     let metrics = settings.worker.metrics_listen.clone();
