@@ -330,3 +330,21 @@ pub fn expected_states(
         })
         .collect()
 }
+
+/// `users` Likes of `post` at once (user `u<i>` for each i), spread over
+/// `clients`: each answer, in order.
+pub async fn likes_at_once(
+    clients: &[LikeServiceClient<Channel>],
+    post: &str,
+    users: usize,
+) -> Vec<Result<(), tonic::Status>> {
+    futures_util::future::join_all((0..users).map(|i| {
+        let mut client = clients[i % clients.len()].clone();
+        let request = LikeRequest {
+            post_id: post.to_owned(),
+            user_id: format!("u{i}"),
+        };
+        async move { client.like(request).await.map(|_| ()) }
+    }))
+    .await
+}

@@ -92,6 +92,15 @@ mod tests {
         (tx, UnboundedReceiverStream::new(rx))
     }
 
+    /// The next batch of up to `size` items of one event each, no shutdown.
+    async fn next(
+        rx: &mut UnboundedReceiverStream<u32>,
+        size: usize,
+        wait: Duration,
+    ) -> Batch<u32> {
+        next_batch(rx, size, wait, &CancellationToken::new(), |_| 1).await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_full_batch_is_returned_at_once() {
         let (tx, mut rx) = channel();
@@ -99,14 +108,7 @@ mod tests {
             tx.send(i).expect("receiver alive");
         }
         let start = Instant::now();
-        let batch = next_batch(
-            &mut rx,
-            5,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-            |_| 1,
-        )
-        .await;
+        let batch = next(&mut rx, 5, Duration::from_millis(50)).await;
         assert_eq!(batch.end, BatchEnd::Full);
         assert_eq!(batch.items, vec![0, 1, 2, 3, 4]);
         assert_eq!(start.elapsed(), Duration::ZERO);
@@ -122,14 +124,7 @@ mod tests {
             drop(tx);
         });
         let start = Instant::now();
-        let batch = next_batch(
-            &mut rx,
-            500,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-            |_| 1,
-        )
-        .await;
+        let batch = next(&mut rx, 500, Duration::from_millis(50)).await;
         assert_eq!(batch.end, BatchEnd::Waited);
         assert_eq!(batch.items, vec![1]);
         // Idle time before the first item does not count against it.
@@ -146,14 +141,7 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         });
-        let batch = next_batch(
-            &mut rx,
-            500,
-            Duration::from_millis(50),
-            &CancellationToken::new(),
-            |_| 1,
-        )
-        .await;
+        let batch = next(&mut rx, 500, Duration::from_millis(50)).await;
         assert_eq!(batch.end, BatchEnd::Waited);
         assert_eq!(batch.items, vec![0, 1, 2]);
     }
@@ -200,14 +188,7 @@ mod tests {
         let (tx, mut rx) = channel();
         tx.send(1).expect("receiver alive");
         drop(tx);
-        let batch = next_batch(
-            &mut rx,
-            500,
-            Duration::from_secs(60),
-            &CancellationToken::new(),
-            |_| 1,
-        )
-        .await;
+        let batch = next(&mut rx, 500, Duration::from_secs(60)).await;
         assert_eq!(batch.end, BatchEnd::StreamEnded);
         assert_eq!(batch.items, vec![1]);
     }

@@ -133,16 +133,7 @@ async fn an_event_the_database_refuses_inside_an_envelope_is_dead_lettered_alone
     events.insert(50, poison.clone());
     let envelope = env.publish_envelope(&channel, &events).await?;
 
-    let worker = env.spawn_worker().await?;
-    env.wait_for_count("p", 99, Duration::from_secs(20)).await?;
-    let dead = &env.settings.amqp.dead_letter_queue;
-    env.wait_for_queue_depth(dead, 1, Duration::from_secs(10))
-        .await?;
-    assert_eq!(worker.stats.dead_lettered(), 1);
-    assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
-    assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
-
-    let letters = env.dead_letters().await?;
+    let letters = crate::worker_sets_one_poison_aside(&env, &mut db, 99).await?;
     let letter = &letters[0];
     assert_eq!(letter.message_id.as_deref(), Some(poison.event_id.as_str()));
     let reason = letter.reason.as_deref().unwrap_or_default();

@@ -338,18 +338,8 @@ async fn without_an_otlp_endpoint_nothing_is_traced_and_messages_carry_no_header
     assert!(traces.is_none(), "nothing to export to");
     assert!(!otel::enabled());
     let api = env.spawn_api().await?;
-    let likes = (0..50).map(|n| {
-        let mut client = api.client.clone();
-        async move {
-            client
-                .like(LikeRequest {
-                    post_id: "p-untraced".into(),
-                    user_id: format!("u{n}"),
-                })
-                .await
-        }
-    });
-    for answer in futures_util::future::join_all(likes).await {
+    let clients = [api.client.clone()];
+    for answer in likes_testkit::load::likes_at_once(&clients, "p-untraced", 50).await {
         answer?;
     }
     let mut messages = 0;

@@ -59,16 +59,7 @@ async fn a_message_the_database_always_refuses_is_isolated_and_dead_lettered_wit
         }
     }
 
-    let worker = env.spawn_worker().await?;
-    env.wait_for_count("p", 20, Duration::from_secs(20)).await?;
-    let dead = &env.settings.amqp.dead_letter_queue;
-    env.wait_for_queue_depth(dead, 1, Duration::from_secs(10))
-        .await?;
-    assert_eq!(worker.stats.dead_lettered(), 1);
-    assert_eq!(verify::stored_state(&mut db, "p", "poison").await?, None);
-    assert_eq!(verify::counter_mismatches(&mut db).await?, 0);
-
-    let letters = env.dead_letters().await?;
+    let letters = crate::worker_sets_one_poison_aside(&env, &mut db, 20).await?;
     let reason = letters[0].reason.clone().unwrap_or_default();
     assert!(
         reason.contains("refuse_poison"),

@@ -105,19 +105,23 @@ async fn invalid_ids_are_refused_and_nothing_is_enqueued() -> anyhow::Result<()>
     );
     assert_eq!(field_violations(&too_many)[0].0, "post_ids");
 
-    assert_eq!(
-        env.queue_depth(&env.settings.amqp.queue).await?,
-        0,
-        "nothing enqueued"
-    );
-    // The server is unharmed and a valid call is enqueued.
+    nothing_enqueued_and_unharmed(&env, &mut client).await
+}
+
+/// Nothing refused was enqueued, and a valid Like still is.
+async fn nothing_enqueued_and_unharmed(
+    env: &TestEnv,
+    client: &mut likes_proto::pb::like_service_client::LikeServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<()> {
+    let queue = &env.settings.amqp.queue;
+    assert_eq!(env.queue_depth(queue).await?, 0, "nothing enqueued");
     client
         .like(LikeRequest {
             post_id: "p".into(),
             user_id: "u".into(),
         })
         .await?;
-    assert_eq!(env.queue_depth(&env.settings.amqp.queue).await?, 1);
+    assert_eq!(env.queue_depth(queue).await?, 1, "server unharmed");
     Ok(())
 }
 
@@ -178,23 +182,7 @@ async fn malformed_and_oversized_requests_are_refused_and_nothing_is_enqueued() 
         "a request too large fails again: no RetryInfo invites a retry: {status:?}"
     );
 
-    assert_eq!(
-        env.queue_depth(&env.settings.amqp.queue).await?,
-        0,
-        "nothing enqueued"
-    );
-    client
-        .like(LikeRequest {
-            post_id: "p".into(),
-            user_id: "u".into(),
-        })
-        .await?;
-    assert_eq!(
-        env.queue_depth(&env.settings.amqp.queue).await?,
-        1,
-        "server unharmed"
-    );
-    Ok(())
+    nothing_enqueued_and_unharmed(&env, &mut client).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -208,18 +196,7 @@ async fn past_the_concurrency_limit_calls_fail_fast_with_resource_exhausted() ->
         api.new_client().await?,
         api.new_client().await?,
     ];
-    let results: Vec<_> = futures_util::future::join_all((0..300).map(|i| {
-        let mut client = clients[i % clients.len()].clone();
-        async move {
-            client
-                .like(LikeRequest {
-                    post_id: "p".into(),
-                    user_id: format!("u{i}"),
-                })
-                .await
-        }
-    }))
-    .await;
+    let results = likes_testkit::load::likes_at_once(&clients, "p", 300).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let refused = results
         .iter()
