@@ -4,7 +4,8 @@
 //! is `likes_service::telemetry::catalog` rendered, the one description of
 //! each metric, and the catalog names exactly the metrics the sources
 //! record; every metric the Grafana dashboard queries is one a binary
-//! exports. Each check also refuses a broken copy.
+//! exports; every error reason the api sends is in `docs/api.md`. Each
+//! check also refuses a broken copy.
 
 use crate::repo;
 use std::collections::{BTreeMap, BTreeSet};
@@ -253,4 +254,31 @@ fn the_dashboard_queries_only_metrics_the_binaries_export() {
         &mut broken,
     );
     assert!(!broken.is_subset(&exported), "{broken:?}");
+}
+
+/// The reasons the api's errors carry (`ErrorInfo.reason`,
+/// `FieldViolation.reason`): the upper-case string literals of
+/// `api/src/error.rs` outside its tests.
+fn error_reasons(source: &str) -> BTreeSet<String> {
+    let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+    code.split('"')
+        .skip(1)
+        .step_by(2)
+        .filter(|s| s.len() > 2 && s.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn every_error_reason_the_api_sends_is_in_the_docs() {
+    let reasons = error_reasons(&repo::read("api/src/error.rs"));
+    assert!(reasons.len() >= 10, "{reasons:?}");
+    let docs = repo::read("docs/api.md");
+    let missing: Vec<&String> = reasons
+        .iter()
+        .filter(|r| !docs.contains(&format!("`{r}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/api.md does not name {missing:?}");
+    let broken = error_reasons("x(\"MADE_UP_REASON\")\n#[cfg(test)]\n\"IN_A_TEST\"");
+    assert_eq!(broken, BTreeSet::from(["MADE_UP_REASON".to_owned()]));
 }
