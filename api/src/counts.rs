@@ -16,7 +16,7 @@
 //! trip (milliseconds); with pushes lost, at most the TTL; with PostgreSQL
 //! unreachable, at most the TTL plus `count_max_stale_ms`.
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, stream::BoxStream};
 use likes_common::config::{AmqpSettings, ApiSettings};
 use likes_common::ids::PostId;
 use likes_db::{DbError, PgPool, VersionedCount, repository};
@@ -39,6 +39,18 @@ struct Cached {
     since: Instant,
 }
 
+/// What the cache tells the streams that watch counts.
+#[derive(Debug, Clone)]
+pub enum CountUpdate {
+    /// Pushed counts it applied: (post, count).
+    Changed(Arc<[(String, i64)]>),
+    /// It may have missed changes (it resubscribed): read every count again.
+    Resync,
+}
+
+/// Updates a watcher may fall behind by before it reads every count again.
+const UPDATES_BUFFERED: usize = 1024;
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct CountCache {
@@ -47,6 +59,7 @@ pub struct CountCache {
     ttl: Duration,
     max_stale: Duration,
     metrics: Arc<CacheMetrics>,
+    updates: tokio::sync::broadcast::Sender<CountUpdate>,
 }
 
 #[derive(Debug)]
@@ -89,7 +102,13 @@ impl CountCache {
             ttl,
             max_stale,
             metrics: Arc::new(CacheMetrics::new()),
+            updates: tokio::sync::broadcast::Sender::new(UPDATES_BUFFERED),
         }
+    }
+
+    /// Follows what changes from now on (for WatchLikeCounts).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CountUpdate> {
+        self.updates.subscribe()
     }
 
     /// The count of `post`: from memory while fresh, else loaded (one query
@@ -199,6 +218,7 @@ impl CountCache {
     /// Applies pushed changes: each replaces its post's count unless the
     /// cache holds one as new or newer.
     pub async fn apply(&self, changes: Vec<CountChange>) {
+        let mut applied = Vec::new();
         for change in changes {
             let pushed = VersionedCount {
                 count: change.count,
@@ -206,7 +226,7 @@ impl CountCache {
             };
             let outcome = self
                 .cache
-                .entry(change.post_id)
+                .entry(change.post_id.clone())
                 .and_compute_with(|existing| async move {
                     match existing {
                         Some(existing) if existing.value().count.version >= pushed.version => {
@@ -223,16 +243,34 @@ impl CountCache {
                 CompResult::Unchanged(_) | CompResult::StillNone(_) => {
                     self.metrics.ignored.increment(1);
                 }
-                _ => self.metrics.applied.increment(1),
+                _ => {
+                    self.metrics.applied.increment(1);
+                    applied.push((change.post_id, pushed.count));
+                }
             }
         }
         self.metrics.entries.set(self.cache.entry_count() as f64);
+        if !applied.is_empty() {
+            // No watcher, no receiver: nothing to tell.
+            let _ = self.updates.send(CountUpdate::Changed(applied.into()));
+        }
     }
 
     /// Forgets every count: after pushes may have been missed.
     pub fn clear(&self) {
         self.cache.invalidate_all();
         self.metrics.entries.set(0.0);
+    }
+
+    /// Tells the watchers to read every count again: pushes may have been
+    /// missed.
+    fn resync(&self) {
+        let _ = self.updates.send(CountUpdate::Resync);
+    }
+
+    /// How long a count may be served without a push refreshing it.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Caches a loaded count unless a newer one arrived meanwhile; what is
@@ -278,65 +316,96 @@ fn newer(existing: Option<Cached>, loaded: VersionedCount) -> Cached {
     }
 }
 
-/// Keeps `cache` current with the changes the workers push, on a
-/// connection of its own (named `likes-api-counts`), until `shutdown` is
-/// cancelled. Every resubscription clears the cache first: changes may have
-/// been missed while unsubscribed. (Counts read before the first
-/// subscription are kept: like a lost push, what they missed expires with
-/// them.) `likes_count_subscription_up` says whether it is subscribed.
-pub async fn follow_pushes(cache: CountCache, settings: AmqpSettings, shutdown: CancellationToken) {
-    let up = metrics::gauge!("likes_count_subscription_up");
-    up.set(0.0);
-    let mut backoff = Reconnect::new();
-    let mut subscribed_before = false;
-    loop {
-        let connection = tokio::select! {
-            () = shutdown.cancelled() => return,
-            connected = likes_queue::connect(&settings, "likes-api-counts") => connected,
-        };
-        let ended = match connection {
-            Ok(connection) => {
-                let ended = tokio::select! {
-                    () = shutdown.cancelled() => None,
-                    ended = follow_on(&connection, &cache, &settings, &up, &mut backoff, &mut subscribed_before) => Some(ended),
-                };
-                up.set(0.0);
-                likes_queue::close(&connection, "stopped following").await;
-                match ended {
-                    None => return,
-                    Some(reason) => reason,
-                }
+/// A subscription to the count changes, on a connection of its own (named
+/// `likes-api-counts`).
+pub struct Subscription {
+    connection: likes_queue::Connection,
+    changes: BoxStream<'static, Result<Vec<CountChange>, likes_queue::AmqpError>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    /// Connects and subscribes: once it returns, every change reaches it.
+    pub async fn open(settings: &AmqpSettings) -> Result<Self, likes_queue::AmqpError> {
+        let connection = likes_queue::connect(settings, "likes-api-counts").await?;
+        match likes_queue::counts::subscribe(&connection, settings).await {
+            Ok(changes) => Ok(Self {
+                connection,
+                changes: changes.boxed(),
+            }),
+            Err(error) => {
+                likes_queue::close(&connection, "cannot subscribe").await;
+                Err(error)
             }
-            Err(error) => error.to_string(),
-        };
-        let delay = backoff.next_delay();
-        tracing::warn!(reason = %ended, retry_in_ms = delay.as_millis() as u64, "count changes not followed; counts expire after api.count_cache_ttl_ms meanwhile");
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
         }
     }
 }
 
-/// Follows the changes on `connection` until it fails; why it ended.
-async fn follow_on(
-    connection: &likes_queue::Connection,
-    cache: &CountCache,
-    settings: &AmqpSettings,
-    up: &metrics::Gauge,
-    backoff: &mut Reconnect,
-    subscribed_before: &mut bool,
-) -> String {
-    let mut changes = match likes_queue::counts::subscribe(connection, settings).await {
-        Ok(changes) => changes,
-        Err(error) => return error.to_string(),
-    };
-    if std::mem::replace(subscribed_before, true) {
-        cache.clear();
+/// Keeps `cache` current with the changes the workers push, from `first`
+/// (subscribed before the api served anything, so nothing cached can have
+/// missed a change) until `shutdown` is cancelled, resubscribing with
+/// backoff when the subscription is lost. Every resubscription clears the
+/// cache and tells the watchers to read again: changes may have been missed
+/// meanwhile. `likes_count_subscription_up` says whether it is subscribed.
+pub async fn follow_pushes(
+    cache: CountCache,
+    settings: AmqpSettings,
+    first: Subscription,
+    shutdown: CancellationToken,
+) {
+    let up = metrics::gauge!("likes_count_subscription_up");
+    let mut backoff = Reconnect::new();
+    let mut subscription = Some(first);
+    loop {
+        let mut current = match subscription.take() {
+            Some(current) => current,
+            None => {
+                let opened = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    opened = Subscription::open(&settings) => opened,
+                };
+                match opened {
+                    Ok(opened) => {
+                        cache.clear();
+                        cache.resync();
+                        opened
+                    }
+                    Err(error) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "cannot follow count changes; counts expire after api.count_cache_ttl_ms meanwhile");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        up.set(1.0);
+        backoff = Reconnect::new();
+        tracing::info!("following count changes");
+        let ended = tokio::select! {
+            () = shutdown.cancelled() => None,
+            ended = follow(&mut current.changes, &cache) => Some(ended),
+        };
+        up.set(0.0);
+        likes_queue::close(&current.connection, "stopped following").await;
+        let Some(reason) = ended else { return };
+        tracing::warn!(%reason, "lost the count changes; resubscribing");
     }
-    up.set(1.0);
-    *backoff = Reconnect::new();
-    tracing::info!("following count changes");
+}
+
+/// Applies the changes of `changes` until it fails; why it ended.
+async fn follow(
+    changes: &mut BoxStream<'static, Result<Vec<CountChange>, likes_queue::AmqpError>>,
+    cache: &CountCache,
+) -> String {
     loop {
         match changes.next().await {
             Some(Ok(batch)) => cache.apply(batch).await,

@@ -39,6 +39,10 @@ pub const RETRY_AFTER_DATABASE: Duration = Duration::from_millis(500);
 /// limits: calls take milliseconds, so places free up quickly.
 pub const RETRY_AFTER_OVERLOAD: Duration = Duration::from_millis(100);
 
+/// The retry delay suggested when the api serves its limit of streams:
+/// streams last, so places free up slowly; another api may have room.
+pub const RETRY_AFTER_STREAMS: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{} {source}", field_path(field, *index))]
@@ -51,6 +55,14 @@ pub enum ApiError {
     },
     #[error("post_ids holds {count} ids; at most {max} are allowed per call")]
     TooManyIds { count: usize, max: usize },
+    #[error("page_size {0} is negative")]
+    NegativePageSize(i32),
+    #[error("page_token is not a token this service gave for this post: {0}")]
+    PageToken(&'static str),
+    #[error(
+        "the server is serving its limit of {limit} WatchLikeCounts streams; retry with backoff"
+    )]
+    TooManyStreams { limit: usize },
     #[error("the server is handling its limit of {limit} requests; retry with backoff")]
     Overloaded { limit: usize },
     #[error("the server is receiving its limit of {budget} request bytes; retry with backoff")]
@@ -102,6 +114,28 @@ impl From<ApiError> for Status {
                     ErrorDetails::with_bad_request(vec![violation]),
                 )
             }
+            ApiError::NegativePageSize(_) => with_details(
+                Code::InvalidArgument,
+                error.to_string(),
+                ErrorDetails::with_bad_request(vec![FieldViolation {
+                    reason: "NEGATIVE".to_owned(),
+                    ..FieldViolation::new("page_size", error.to_string())
+                }]),
+            ),
+            ApiError::PageToken(_) => with_details(
+                Code::InvalidArgument,
+                error.to_string(),
+                ErrorDetails::with_bad_request(vec![FieldViolation {
+                    reason: "INVALID_PAGE_TOKEN".to_owned(),
+                    ..FieldViolation::new("page_token", error.to_string())
+                }]),
+            ),
+            ApiError::TooManyStreams { .. } => retryable(
+                Code::ResourceExhausted,
+                error.to_string(),
+                "TOO_MANY_STREAMS",
+                RETRY_AFTER_STREAMS,
+            ),
             ApiError::Overloaded { .. } => retryable(
                 Code::ResourceExhausted,
                 error.to_string(),

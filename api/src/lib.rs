@@ -10,11 +10,13 @@ pub mod auth;
 pub mod counts;
 pub mod deadline;
 pub mod error;
+pub mod pages;
 pub mod protocol;
 pub mod publisher;
 pub mod service;
 pub mod trace_context;
 pub mod validate;
+pub mod watch;
 
 use admission::{Admission, AdmissionLayer};
 use anyhow::Context;
@@ -69,6 +71,7 @@ pub struct Application {
     readiness: ReadinessReporter,
     pool: likes_db::PgPool,
     counts: CountCache,
+    subscription: counts::Subscription,
     amqp: AmqpSettings,
     settings: ApiSettings,
     tls: Option<ServerTlsConfig>,
@@ -97,6 +100,14 @@ impl Application {
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", settings.database.url))?;
         let counts = CountCache::new(pool.clone(), &settings.api);
+        // Subscribed before serving, so no count is cached before the
+        // subscription that keeps it current.
+        metrics::gauge!("likes_count_subscription_up").set(0.0);
+        let subscription = counts::Subscription::open(&settings.amqp)
+            .await
+            .with_context(|| {
+                format!("subscribing to the count changes at {}", settings.amqp.url)
+            })?;
         Ok(Self {
             listener,
             local_addr,
@@ -105,6 +116,7 @@ impl Application {
             readiness,
             pool,
             counts,
+            subscription,
             amqp: settings.amqp.clone(),
             settings: settings.api.clone(),
             tls,
@@ -140,6 +152,7 @@ impl Application {
         let follower = tokio::spawn(counts::follow_pushes(
             self.counts.clone(),
             self.amqp.clone(),
+            self.subscription,
             self.publisher_stop.clone(),
         ));
         let reflection_v1 = reflection().build_v1()?;
@@ -148,6 +161,8 @@ impl Application {
             Arc::clone(&self.publisher),
             self.pool.clone(),
             self.counts.clone(),
+            &self.settings,
+            shutdown.clone(),
         );
         let admission = Arc::new(Admission::new(&self.settings));
         let auth = Auth::new(

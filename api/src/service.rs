@@ -1,15 +1,22 @@
 //! The `likes.v1.LikeService` implementation.
 
-use crate::{counts::CountCache, error::ApiError, publisher::Publisher, validate};
+use crate::{counts::CountCache, error::ApiError, pages, publisher::Publisher, validate, watch};
+use likes_common::config::ApiSettings;
 use likes_common::ids::{PostId, UserId};
 use likes_db::{PgPool, PooledConnection, repository};
 use likes_proto::pb::{
     GetLikeCountRequest, GetLikeCountResponse, GetLikeCountsRequest, GetLikeCountsResponse,
-    HasLikedRequest, HasLikedResponse, LikeEvent, LikeRequest, LikeResponse, UnlikeRequest,
-    UnlikeResponse, like_event::Action, like_service_server::LikeService,
+    GetLikeSummariesRequest, GetLikeSummariesResponse, HasLikedRequest, HasLikedResponse,
+    LikeEvent, LikeRequest, LikeResponse, LikeSummary, Liker, ListLikersRequest,
+    ListLikersResponse, UnlikeRequest, UnlikeResponse, WatchLikeCountsRequest, like_event::Action,
+    like_service_server::LikeService,
 };
 use std::sync::Arc;
+use std::{collections::HashSet, time::Duration};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status};
 use tracing::{Span, instrument};
 use uuid::Uuid;
@@ -22,18 +29,34 @@ pub struct LikeApi {
     pool: PgPool,
     counts: CountCache,
     metrics: Arc<RpcMetrics>,
+    /// The places of WatchLikeCounts streams.
+    watchers: Arc<Semaphore>,
+    watch_limit: usize,
+    watch_interval: Duration,
+    /// Cancelled when the api stops: streams end with UNAVAILABLE.
+    shutdown: CancellationToken,
 }
 
 impl LikeApi {
     /// Admission (`api.max_concurrent_requests`) happens before a call gets
     /// here, in [`crate::admission`]. Call after the metrics recorder is
     /// installed: the handles of the usual outcomes are taken here, once.
-    pub fn new(publisher: Arc<Publisher>, pool: PgPool, counts: CountCache) -> Self {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        pool: PgPool,
+        counts: CountCache,
+        settings: &ApiSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             publisher,
             pool,
             counts,
             metrics: Arc::new(RpcMetrics::new()),
+            watchers: Arc::new(Semaphore::new(settings.max_watch_streams)),
+            watch_limit: settings.max_watch_streams,
+            watch_interval: settings.watch_min_interval(),
+            shutdown,
         }
     }
 
@@ -64,6 +87,133 @@ impl LikeApi {
 
 #[tonic::async_trait]
 impl LikeService for LikeApi {
+    type WatchLikeCountsStream = ReceiverStream<watch::Sent>;
+
+    #[instrument(name = "GetLikeSummaries", skip_all, fields(posts.count, viewer.id))]
+    async fn get_like_summaries(
+        &self,
+        request: Request<GetLikeSummariesRequest>,
+    ) -> Result<Response<GetLikeSummariesResponse>, Status> {
+        observed(&self.metrics.get_like_summaries, async move {
+            let GetLikeSummariesRequest {
+                viewer_id,
+                post_ids,
+            } = request.into_inner();
+            let viewer = validate::viewer(viewer_id)?;
+            let posts = distinct(validate::post_ids_at_most(
+                post_ids,
+                validate::MAX_PAGE_POSTS,
+            )?);
+            let span = Span::current();
+            span.record("posts.count", posts.len());
+            if let Some(viewer) = &viewer {
+                span.record("viewer.id", viewer.as_str());
+            }
+            if posts.is_empty() {
+                return Ok(Response::new(GetLikeSummariesResponse::default()));
+            }
+            let counts = self.counts.counts(&posts).await.map_err(ApiError::from)?;
+            let liked = match &viewer {
+                Some(viewer) => {
+                    let mut conn = self.connection().await?;
+                    repository::liked_by(&mut conn, viewer, &posts)
+                        .await
+                        .map_err(ApiError::from)?
+                }
+                None => HashSet::new(),
+            };
+            let summaries = counts
+                .into_iter()
+                .map(|(post, count)| {
+                    let viewer_liked = liked.contains(&post);
+                    (
+                        post,
+                        LikeSummary {
+                            count,
+                            viewer_liked,
+                        },
+                    )
+                })
+                .collect();
+            Ok(Response::new(GetLikeSummariesResponse { summaries }))
+        })
+        .await
+    }
+
+    #[instrument(name = "ListLikers", skip_all, fields(post.id))]
+    async fn list_likers(
+        &self,
+        request: Request<ListLikersRequest>,
+    ) -> Result<Response<ListLikersResponse>, Status> {
+        observed(&self.metrics.list_likers, async move {
+            let ListLikersRequest {
+                post_id,
+                page_size,
+                page_token,
+            } = request.into_inner();
+            let post = validate::post_id("post_id", post_id)?;
+            Span::current().record("post.id", post.as_str());
+            let size = validate::likers_page_size(page_size)?;
+            let after = pages::decode(&post, &page_token)?;
+            let mut conn = self.connection().await?;
+            // One more than the page: whether another page follows.
+            let limit = i64::try_from(size + 1).expect("at most 101");
+            let mut found = repository::likers(&mut conn, &post, after.as_ref(), limit)
+                .await
+                .map_err(ApiError::from)?;
+            let next_page_token = if found.len() > size {
+                found.truncate(size);
+                found
+                    .last()
+                    .map(|last| pages::encode(&post, last))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            let likers = found
+                .into_iter()
+                .map(|liker| Liker {
+                    user_id: liker.user_id,
+                    liked_at: Some(timestamp(liker.event_at_micros)),
+                })
+                .collect();
+            Ok(Response::new(ListLikersResponse {
+                likers,
+                next_page_token,
+            }))
+        })
+        .await
+    }
+
+    #[instrument(name = "WatchLikeCounts", skip_all, fields(posts.count))]
+    async fn watch_like_counts(
+        &self,
+        request: Request<WatchLikeCountsRequest>,
+    ) -> Result<Response<Self::WatchLikeCountsStream>, Status> {
+        observed(&self.metrics.watch_like_counts, async move {
+            let posts = distinct(validate::post_ids_at_most(
+                request.into_inner().post_ids,
+                validate::MAX_PAGE_POSTS,
+            )?);
+            Span::current().record("posts.count", posts.len());
+            let permit = Arc::clone(&self.watchers)
+                .try_acquire_owned()
+                .map_err(|_| ApiError::TooManyStreams {
+                    limit: self.watch_limit,
+                })?;
+            let sent = watch::Watch {
+                cache: self.counts.clone(),
+                posts,
+                interval: self.watch_interval,
+                shutdown: self.shutdown.clone(),
+                permit,
+            }
+            .start();
+            Ok(Response::new(ReceiverStream::new(sent)))
+        })
+        .await
+    }
+
     #[instrument(name = "Like", skip_all, fields(post.id, user.id, event.id))]
     async fn like(&self, request: Request<LikeRequest>) -> Result<Response<LikeResponse>, Status> {
         observed(&self.metrics.like, async move {
@@ -173,6 +323,9 @@ struct RpcMetrics {
     get_like_count: MethodMetrics,
     get_like_counts: MethodMetrics,
     has_liked: MethodMetrics,
+    get_like_summaries: MethodMetrics,
+    list_likers: MethodMetrics,
+    watch_like_counts: MethodMetrics,
 }
 
 impl RpcMetrics {
@@ -183,6 +336,9 @@ impl RpcMetrics {
             get_like_count: MethodMetrics::new("GetLikeCount"),
             get_like_counts: MethodMetrics::new("GetLikeCounts"),
             has_liked: MethodMetrics::new("HasLiked"),
+            get_like_summaries: MethodMetrics::new("GetLikeSummaries"),
+            list_likers: MethodMetrics::new("ListLikers"),
+            watch_like_counts: MethodMetrics::new("WatchLikeCounts"),
         }
     }
 }
@@ -228,6 +384,24 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "UNAVAILABLE",
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// `posts` without repeats, in the order first asked.
+fn distinct(posts: Vec<PostId>) -> Vec<PostId> {
+    let mut seen = HashSet::with_capacity(posts.len());
+    posts
+        .into_iter()
+        .filter(|post| seen.insert(post.as_str().to_owned()))
+        .collect()
+}
+
+/// A time in microseconds since the Unix epoch as a protobuf Timestamp.
+fn timestamp(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000)
+            .expect("below a second in nanoseconds"),
     }
 }
 

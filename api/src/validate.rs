@@ -6,6 +6,15 @@ use likes_common::ids::{PostId, UserId};
 /// Most post ids one GetLikeCounts call may ask for.
 pub const MAX_POST_IDS: usize = 1000;
 
+/// Most post ids of one feed page (GetLikeSummaries) or one stream
+/// (WatchLikeCounts): a page of a feed, as other large likes services allow.
+pub const MAX_PAGE_POSTS: usize = 100;
+
+/// ListLikers' page size when the caller sets none, and the most it gets
+/// (AIP-158: larger sizes are clamped, not refused).
+pub const DEFAULT_LIKERS_PAGE: usize = 20;
+pub const MAX_LIKERS_PAGE: usize = 100;
+
 pub fn post_id(field: &'static str, raw: String) -> Result<PostId, ApiError> {
     PostId::parse(raw).map_err(|source| ApiError::InvalidId {
         field,
@@ -29,10 +38,15 @@ pub fn pair(post: String, user: String) -> Result<(PostId, UserId), ApiError> {
 
 /// Validates the ids of a GetLikeCounts call; duplicates are allowed.
 pub fn post_ids(raw: Vec<String>) -> Result<Vec<PostId>, ApiError> {
-    if raw.len() > MAX_POST_IDS {
+    post_ids_at_most(raw, MAX_POST_IDS)
+}
+
+/// Validates up to `max` post ids (`post_ids[i]` names a bad one).
+pub fn post_ids_at_most(raw: Vec<String>, max: usize) -> Result<Vec<PostId>, ApiError> {
+    if raw.len() > max {
         return Err(ApiError::TooManyIds {
             count: raw.len(),
-            max: MAX_POST_IDS,
+            max,
         });
     }
     raw.into_iter()
@@ -45,6 +59,23 @@ pub fn post_ids(raw: Vec<String>) -> Result<Vec<PostId>, ApiError> {
             })
         })
         .collect()
+}
+
+/// The viewer of a feed page: none when empty.
+pub fn viewer(raw: String) -> Result<Option<UserId>, ApiError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    user_id("viewer_id", raw).map(Some)
+}
+
+/// The page size ListLikers serves for a requested one.
+pub fn likers_page_size(requested: i32) -> Result<usize, ApiError> {
+    match usize::try_from(requested) {
+        Err(_) => Err(ApiError::NegativePageSize(requested)),
+        Ok(0) => Ok(DEFAULT_LIKERS_PAGE),
+        Ok(size) => Ok(size.min(MAX_LIKERS_PAGE)),
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +105,13 @@ mod tests {
             tonic::Status::from(post_ids(vec!["p".into(); MAX_POST_IDS + 1]).expect_err("1001"));
         assert_eq!(status.code(), Code::InvalidArgument);
         assert!(status.message().contains("1001"), "{}", status.message());
+    }
+
+    #[test]
+    fn a_page_size_defaults_clamps_and_refuses_negatives() {
+        assert_eq!(likers_page_size(0).expect("default"), 20);
+        assert_eq!(likers_page_size(7).expect("as asked"), 7);
+        assert_eq!(likers_page_size(1_000).expect("clamped"), 100);
+        assert!(likers_page_size(-1).is_err());
     }
 }

@@ -100,6 +100,10 @@ pub struct ApiSettings {
     /// While PostgreSQL cannot be read, a cached count is still served up
     /// to this long past its expiry.
     pub count_max_stale_ms: u64,
+    /// A WatchLikeCounts stream sends at most one change per post this often.
+    pub watch_min_interval_ms: NonZeroU64,
+    /// WatchLikeCounts streams served at once; past it, RESOURCE_EXHAUSTED.
+    pub max_watch_streams: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -343,6 +347,10 @@ impl ApiSettings {
 
     pub fn count_max_stale(&self) -> Duration {
         Duration::from_millis(self.count_max_stale_ms)
+    }
+
+    pub fn watch_min_interval(&self) -> Duration {
+        Duration::from_millis(self.watch_min_interval_ms.get())
     }
 }
 

@@ -19,7 +19,7 @@ use diesel::{
 };
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use likes_common::ids::{PostId, UserId};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Upserts each pair's state where the event is newer than the stored one,
 /// and adds the resulting changes to the per-post counters: one counter row
@@ -241,6 +241,67 @@ pub async fn has_liked(
         .await
         .optional()?;
     Ok(liked.unwrap_or(false))
+}
+
+/// The posts among `posts` that `viewer` currently likes, in one query
+/// (each by the primary key).
+pub async fn liked_by(
+    conn: &mut AsyncPgConnection,
+    viewer: &UserId,
+    posts: &[PostId],
+) -> Result<HashSet<String>, DbError> {
+    let liked = likes::table
+        .filter(likes::user_id.eq(viewer.as_str()))
+        .filter(likes::post_id.eq_any(posts.iter().map(PostId::as_str)))
+        .filter(likes::liked.eq(true))
+        .select(likes::post_id)
+        .load::<String>(conn)
+        .await?;
+    Ok(liked.into_iter().collect())
+}
+
+/// Where a page of likers starts: after this liker of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LikerCursor {
+    pub event_at_micros: i64,
+    pub user_id: String,
+}
+
+/// Up to `limit` users who like `post`, newest first by the time of the
+/// Like that set their state (ties by user id, descending), after `after`:
+/// one range scan of the `likes_likers` index, whatever the page.
+pub async fn likers(
+    conn: &mut AsyncPgConnection,
+    post: &PostId,
+    after: Option<&LikerCursor>,
+    limit: i64,
+) -> Result<Vec<LikerCursor>, DbError> {
+    use diesel::dsl::sql;
+    let mut query = likes::table
+        .filter(likes::post_id.eq(post.as_str()))
+        .filter(likes::liked.eq(true))
+        .order((likes::event_at_micros.desc(), likes::user_id.desc()))
+        .select((likes::event_at_micros, likes::user_id))
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        // A row comparison, which the index serves as one range.
+        query = query.filter(
+            sql::<Bool>("(event_at_micros, user_id) < (")
+                .bind::<BigInt, _>(after.event_at_micros)
+                .sql(", ")
+                .bind::<Text, _>(after.user_id.clone())
+                .sql(")"),
+        );
+    }
+    let rows = query.load::<(i64, String)>(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_at_micros, user_id)| LikerCursor {
+            event_at_micros,
+            user_id,
+        })
+        .collect())
 }
 
 #[cfg(test)]

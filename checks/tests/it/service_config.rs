@@ -29,10 +29,22 @@ fn contract_methods() -> Vec<String> {
         .collect()
 }
 
+/// The rpcs that answer with a stream.
+fn streaming_methods() -> Vec<String> {
+    let proto = repo::read("proto/proto/likes/v1/likes.proto");
+    proto
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("rpc "))
+        .filter(|rest| rest.contains("returns (stream "))
+        .filter_map(|rest| rest.split_once('(').map(|(name, _)| name.trim().to_owned()))
+        .collect()
+}
+
 #[test]
 fn the_readme_service_config_names_real_methods_and_retries_only_unavailable() {
     let config = readme_service_config();
     let methods = contract_methods();
+    let streams = streaming_methods();
     assert!(methods.contains(&"Like".to_owned()), "{methods:?}");
     let mut configured = Vec::new();
     for method_config in config["methodConfig"].as_array().expect("methodConfig") {
@@ -42,11 +54,19 @@ fn the_readme_service_config_names_real_methods_and_retries_only_unavailable() {
             assert!(methods.iter().any(|m| m == method), "no rpc {method}");
             configured.push(method.to_owned());
         }
-        let timeout = method_config["timeout"].as_str().expect("a timeout");
-        assert!(
-            timeout.ends_with('s') && timeout.trim_end_matches('s').parse::<f64>().is_ok(),
-            "gRPC durations are seconds with an s suffix: {timeout}"
-        );
+        // A stream lasts as long as its client wants: no deadline for it.
+        let streaming = method_config["name"]
+            .as_array()
+            .expect("name")
+            .iter()
+            .all(|name| streams.iter().any(|s| name["method"] == s.as_str()));
+        match method_config["timeout"].as_str() {
+            Some(timeout) => assert!(
+                timeout.ends_with('s') && timeout.trim_end_matches('s').parse::<f64>().is_ok(),
+                "gRPC durations are seconds with an s suffix: {timeout}"
+            ),
+            None => assert!(streaming, "a unary rpc without a deadline: {method_config}"),
+        }
         let policy = &method_config["retryPolicy"];
         let attempts = policy["maxAttempts"].as_u64().expect("maxAttempts");
         assert!((2..=5).contains(&attempts), "gRPC caps maxAttempts at 5");

@@ -7,7 +7,9 @@
 
 use likes_proto::pb::{
     GetLikeCountRequest, GetLikeCountResponse, GetLikeCountsRequest, GetLikeCountsResponse,
-    HasLikedRequest, HasLikedResponse, LikeRequest, LikeResponse, UnlikeRequest, UnlikeResponse,
+    GetLikeSummariesRequest, GetLikeSummariesResponse, HasLikedRequest, HasLikedResponse,
+    LikeRequest, LikeResponse, LikeSummary, ListLikersRequest, ListLikersResponse, UnlikeRequest,
+    UnlikeResponse,
     like_service_server::{LikeService, LikeServiceServer},
 };
 use std::{
@@ -110,6 +112,45 @@ impl LikeService for Echo {
         let HasLikedRequest { post_id, user_id } = request.into_inner();
         let liked = self.state().liked.contains(&pair(&post_id, &user_id));
         Ok(Response::new(HasLikedResponse { liked }))
+    }
+
+    type WatchLikeCountsStream =
+        futures_util::stream::Empty<Result<likes_proto::pb::LikeCountChange, Status>>;
+
+    async fn get_like_summaries(
+        &self,
+        request: Request<GetLikeSummariesRequest>,
+    ) -> Result<Response<GetLikeSummariesResponse>, Status> {
+        let GetLikeSummariesRequest {
+            viewer_id,
+            post_ids,
+        } = request.into_inner();
+        let state = self.state();
+        let summaries = post_ids
+            .into_iter()
+            .map(|post| {
+                let summary = LikeSummary {
+                    count: state.counts.get(&post).copied().unwrap_or(0),
+                    viewer_liked: state.liked.contains(&pair(&post, &viewer_id)),
+                };
+                (post, summary)
+            })
+            .collect();
+        Ok(Response::new(GetLikeSummariesResponse { summaries }))
+    }
+
+    async fn list_likers(
+        &self,
+        _request: Request<ListLikersRequest>,
+    ) -> Result<Response<ListLikersResponse>, Status> {
+        Err(Status::unimplemented("the echo keeps no likers"))
+    }
+
+    async fn watch_like_counts(
+        &self,
+        _request: Request<likes_proto::pb::WatchLikeCountsRequest>,
+    ) -> Result<Response<Self::WatchLikeCountsStream>, Status> {
+        Err(Status::unimplemented("the echo pushes nothing"))
     }
 }
 

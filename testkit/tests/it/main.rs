@@ -4,6 +4,7 @@
 mod counts;
 mod envelopes;
 mod faults;
+mod feeds;
 mod grpcurl;
 mod ordering;
 mod pipeline;
