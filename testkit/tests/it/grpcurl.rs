@@ -69,15 +69,18 @@ fn first_calls(readme: &str) -> Vec<(String, String)> {
     calls
 }
 
-/// `text` with what changes from call to call masked: event ids (UUIDs).
+/// `text` with what changes from call to call masked: event ids and the
+/// times of likes.
 fn masked(text: &str) -> String {
     let mut out = String::new();
     for line in text.lines() {
-        let line = match line.split_once("\"eventId\": \"") {
-            Some((head, _)) => format!("{head}\"eventId\": \"<uuid>\""),
-            None => line.to_owned(),
-        };
-        out.push_str(&line);
+        let varying = ["\"eventId\": \"", "\"likedAt\": \""]
+            .into_iter()
+            .find_map(|key| {
+                line.split_once(key)
+                    .map(|(head, _)| format!("{head}{key}<masked>\""))
+            });
+        out.push_str(&varying.unwrap_or_else(|| line.to_owned()));
         out.push('\n');
     }
     out
@@ -176,7 +179,7 @@ fn the_first_calls_parse_into_commands_and_their_output() {
         ["grpcurl", "-d", "{\"a\": 1}", "x", "y"]
     );
     assert_eq!(
-        masked("  \"eventId\": \"019ac9b4-1c2e\"\n"),
-        "  \"eventId\": \"<uuid>\"\n"
+        masked("  \"eventId\": \"019ac9b4-1c2e\"\n  \"likedAt\": \"2026-12-06T21:51:40Z\"\n"),
+        "  \"eventId\": \"<masked>\"\n  \"likedAt\": \"<masked>\"\n"
     );
 }
