@@ -48,6 +48,22 @@ pub enum CountUpdate {
     Resync,
 }
 
+/// A read of many counts between [`CountCache::lookup`] and
+/// [`CountCache::settle`].
+#[derive(Debug)]
+pub struct Lookup {
+    answer: HashMap<String, i64>,
+    missing: Vec<PostId>,
+    stale: HashMap<String, Cached>,
+}
+
+impl Lookup {
+    /// The posts memory could not answer.
+    pub fn missing(&self) -> &[PostId] {
+        &self.missing
+    }
+}
+
 /// Updates a watcher may fall behind by before it reads every count again.
 const UPDATES_BUFFERED: usize = 1024;
 
@@ -163,33 +179,62 @@ impl CountCache {
     /// one query; while PostgreSQL cannot be read, stale ones within the
     /// bound, or the error if any post has nothing to serve.
     pub async fn counts(&self, posts: &[PostId]) -> Result<HashMap<String, i64>, DbError> {
+        let lookup = self.lookup(posts).await;
+        if lookup.missing.is_empty() {
+            return Ok(lookup.answer);
+        }
+        let loaded = async {
+            let mut conn = likes_db::checkout(&self.pool).await?;
+            repository::like_counts(&mut conn, &lookup.missing).await
+        }
+        .await;
+        self.settle(lookup, loaded).await
+    }
+
+    /// The first half of [`counts`](Self::counts), for a caller that loads
+    /// the missing counts itself (in a statement that reads more): what
+    /// memory answers, and which posts to load.
+    pub async fn lookup(&self, posts: &[PostId]) -> Lookup {
         let now = Instant::now();
-        let mut answer = HashMap::with_capacity(posts.len());
-        let mut missing = Vec::new();
-        let mut stale = HashMap::new();
+        let mut lookup = Lookup {
+            answer: HashMap::with_capacity(posts.len()),
+            missing: Vec::new(),
+            stale: HashMap::new(),
+        };
         for post in posts {
             match self.cache.get(post.as_str()).await {
                 Some(cached) if self.is_fresh(&cached, now) => {
-                    answer.insert(post.to_string(), cached.count.count);
+                    lookup.answer.insert(post.to_string(), cached.count.count);
                 }
                 Some(cached) => {
-                    stale.insert(post.as_str(), cached);
-                    missing.push(post.clone());
+                    lookup.stale.insert(post.to_string(), cached);
+                    lookup.missing.push(post.clone());
                 }
-                None => missing.push(post.clone()),
+                None => lookup.missing.push(post.clone()),
             }
         }
-        self.metrics.hits.increment(answer.len() as u64);
+        self.metrics.hits.increment(lookup.answer.len() as u64);
+        self.metrics.misses.increment(lookup.missing.len() as u64);
+        lookup
+    }
+
+    /// The second half: caches what was `loaded` for the lookup's missing
+    /// posts and answers every post, or serves stale counts within the
+    /// bound when PostgreSQL could not be read.
+    pub async fn settle(
+        &self,
+        lookup: Lookup,
+        loaded: Result<HashMap<String, VersionedCount>, DbError>,
+    ) -> Result<HashMap<String, i64>, DbError> {
+        let Lookup {
+            mut answer,
+            missing,
+            stale,
+        } = lookup;
         if missing.is_empty() {
             return Ok(answer);
         }
-        self.metrics.misses.increment(missing.len() as u64);
         self.metrics.loads.increment(1);
-        let loaded = async {
-            let mut conn = likes_db::checkout(&self.pool).await?;
-            repository::like_counts(&mut conn, &missing).await
-        }
-        .await;
         match loaded {
             Ok(loaded) => {
                 for (post, count) in loaded {

@@ -112,16 +112,21 @@ impl LikeService for LikeApi {
             if posts.is_empty() {
                 return Ok(Response::new(GetLikeSummariesResponse::default()));
             }
-            let counts = self.counts.counts(&posts).await.map_err(ApiError::from)?;
-            let liked = match &viewer {
+            // With a viewer, the counts memory lacks and the viewer's states
+            // are one statement; without, a warm cache needs none.
+            let (counts, liked) = match &viewer {
                 Some(viewer) => {
+                    let lookup = self.counts.lookup(&posts).await;
                     let mut conn = self.connection().await?;
-                    repository::liked_by(&mut conn, viewer, &posts)
-                        .await
-                        .map_err(ApiError::from)?
+                    let (loaded, liked) =
+                        repository::summaries(&mut conn, viewer, &posts, lookup.missing())
+                            .await
+                            .map_err(ApiError::from)?;
+                    (self.counts.settle(lookup, Ok(loaded)).await, liked)
                 }
-                None => HashSet::new(),
+                None => (self.counts.counts(&posts).await, HashSet::new()),
             };
+            let counts = counts.map_err(ApiError::from)?;
             let summaries = counts
                 .into_iter()
                 .map(|(post, count)| {

@@ -12,7 +12,7 @@ use crate::{
     schema::{like_counts, likes},
 };
 use diesel::{
-    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult,
+    CombineDsl, ExpressionMethods, IntoSql, OptionalExtension, QueryDsl, QueryResult,
     pg::Pg,
     query_builder::{AstPass, Query, QueryFragment, QueryId},
     sql_types::{Array, BigInt, Bool, Nullable, Text, Uuid as SqlUuid},
@@ -243,21 +243,50 @@ pub async fn has_liked(
     Ok(liked.unwrap_or(false))
 }
 
-/// The posts among `posts` that `viewer` currently likes, in one query
-/// (each by the primary key).
-pub async fn liked_by(
+/// One feed page's reads in one statement: the counts of `load` (the posts
+/// the caller's cache lacks; 0 at version 0 for a post never liked) and
+/// which of `posts` `viewer` currently likes.
+pub async fn summaries(
     conn: &mut AsyncPgConnection,
     viewer: &UserId,
     posts: &[PostId],
-) -> Result<HashSet<String>, DbError> {
+    load: &[PostId],
+) -> Result<(HashMap<String, VersionedCount>, HashSet<String>), DbError> {
+    let counts = like_counts::table
+        .filter(like_counts::post_id.eq_any(load.iter().map(PostId::as_str)))
+        .select((
+            like_counts::post_id,
+            like_counts::count,
+            like_counts::version,
+            false.into_sql::<Bool>(),
+        ));
     let liked = likes::table
         .filter(likes::user_id.eq(viewer.as_str()))
         .filter(likes::post_id.eq_any(posts.iter().map(PostId::as_str)))
         .filter(likes::liked.eq(true))
-        .select(likes::post_id)
-        .load::<String>(conn)
+        .select((
+            likes::post_id,
+            0_i64.into_sql::<BigInt>(),
+            0_i64.into_sql::<BigInt>(),
+            true.into_sql::<Bool>(),
+        ));
+    let rows = counts
+        .union_all(liked)
+        .load::<(String, i64, i64, bool)>(conn)
         .await?;
-    Ok(liked.into_iter().collect())
+    let mut counts: HashMap<String, VersionedCount> = load
+        .iter()
+        .map(|p| (p.to_string(), VersionedCount::default()))
+        .collect();
+    let mut liked = HashSet::new();
+    for (post, count, version, is_liked) in rows {
+        if is_liked {
+            liked.insert(post);
+        } else {
+            counts.insert(post, VersionedCount { count, version });
+        }
+    }
+    Ok((counts, liked))
 }
 
 /// Where a page of likers starts: after this liker of the previous page.

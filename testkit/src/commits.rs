@@ -65,6 +65,15 @@ impl CommitCounter {
         self.quiet_for(Duration::from_millis(1500), limit).await
     }
 
+    /// The count once every backend has reported, even one that went idle
+    /// right after a flush: such a session reports the rest after
+    /// PostgreSQL's idle interval (10 s), so wait for 11 s of quiet. Exact
+    /// for counting a few statements; autovacuum may still add some.
+    pub async fn idle(&mut self) -> anyhow::Result<u64> {
+        self.quiet_for(Duration::from_secs(11), Duration::from_secs(60))
+            .await
+    }
+
     async fn quiet_for(&mut self, quiet: Duration, limit: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + limit;
         let mut last = self.read().await?;

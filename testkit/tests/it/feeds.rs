@@ -8,7 +8,9 @@ use likes_proto::pb::{
     WatchLikeCountsRequest, like_service_client::LikeServiceClient,
 };
 use likes_testkit::{
-    TestEnv, eventually,
+    TestEnv,
+    commits::CommitCounter,
+    eventually,
     load::{like_all, pairs},
 };
 use std::{collections::HashSet, time::Duration};
@@ -111,6 +113,57 @@ async fn a_feed_page_is_one_call_with_every_post_its_count_and_the_viewers_state
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default();
     assert_eq!(fields, ["viewer_id"], "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_feed_page_costs_one_statement_with_a_viewer_and_none_without() -> anyhow::Result<()>
+{
+    let mut env = TestEnv::new();
+    // Nothing cached expires during the test.
+    env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
+    let api = env.spawn_api().await?;
+    let _worker = env.spawn_worker().await?;
+    let client = api.client.clone();
+    let posts: Vec<String> = (0..50).map(|i| format!("post-{i}")).collect();
+    for post in &posts[..10] {
+        like(&client, post, "viewer").await?;
+    }
+    eventually(Duration::from_secs(20), "the likes written", || async {
+        let page = summaries(&client, "viewer", &posts).await?;
+        Ok((page
+            .iter()
+            .filter(|(_, count, liked)| *count == 1 && *liked)
+            .count()
+            == 10)
+            .then_some(()))
+    })
+    .await?;
+    // Statements are transactions here (autocommit). Autovacuum's visits
+    // to a new database add a few at any moment, never take any away: the
+    // fewest of three rounds is what the pages cost.
+    let mut commits = CommitCounter::connect(&env.settings.database.url).await?;
+    let pages = 20;
+    let (mut anonymous, mut viewed) = (u64::MAX, u64::MAX);
+    let mut before = commits.idle().await?;
+    for _ in 0..3 {
+        for _ in 0..pages {
+            assert_eq!(summaries(&client, "", &posts).await?.len(), 50);
+        }
+        let after = commits.idle().await?;
+        anonymous = anonymous.min(after - before);
+        for _ in 0..pages {
+            let page = summaries(&client, "viewer", &posts).await?;
+            assert_eq!(page.iter().filter(|(_, _, liked)| *liked).count(), 10);
+        }
+        before = commits.idle().await?;
+        viewed = viewed.min(before - after);
+    }
+    assert_eq!(
+        (anonymous, viewed),
+        (0, pages),
+        "statements for {pages} pages without and with a viewer"
+    );
     Ok(())
 }
 
