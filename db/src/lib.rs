@@ -13,7 +13,7 @@ pub mod tls;
 pub use error::DbError;
 pub use models::{Action, CountChange, LikeChange, VersionedCount, WriteOutcome};
 pub use pool::{
-    PgPool, PooledConnection, checkout, connect, ensure_database, maintenance_database_url,
-    run_migrations, spawn_pool_gauges, split_database_url,
+    MIGRATION_LOCK_KEY, PgPool, PooledConnection, checkout, connect, ensure_database,
+    maintenance_database_url, run_migrations, spawn_pool_gauges, split_database_url,
 };
 pub use tls::establish;

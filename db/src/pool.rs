@@ -132,7 +132,10 @@ pub const CIRCUIT_OPEN: Duration = Duration::from_millis(500);
 
 /// Any 64-bit key, the same in every process: serialises concurrent migration
 /// runs (an api and a worker starting together) on a session advisory lock.
-const MIGRATION_LOCK_KEY: i64 = 0x6c69_6b65_735f_6d69; // "likes_mi"
+pub const MIGRATION_LOCK_KEY: i64 = 0x6c69_6b65_735f_6d69; // "likes_mi"
+
+/// How often a process waiting for another's migrations asks for the lock.
+const MIGRATION_LOCK_POLL: Duration = Duration::from_millis(100);
 
 /// Publishes the pool's use as `likes_db_pool_connections{state}` (`idle`,
 /// `in_use`) every second until `stop` is cancelled.
@@ -229,12 +232,27 @@ pub async fn ensure_database(url: &str, tls_ca_file: &str) -> Result<(), DbError
     }
 }
 
+diesel::define_sql_function! {
+    /// Takes the session advisory lock `key` if free; whether it did.
+    fn pg_try_advisory_lock(key: diesel::sql_types::BigInt) -> diesel::sql_types::Bool;
+}
+
 /// Runs the embedded migrations that have not run yet, one process at a time.
 pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
     let mut conn = crate::tls::establish(url, tls_ca_file).await?;
-    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
-        .execute(&mut conn)
-        .await?;
+    // Asked for again and again, not waited for in one statement: a
+    // statement waiting holds a snapshot, and `CREATE INDEX CONCURRENTLY`
+    // in the holder's migrations waits for every older snapshot, so the two
+    // would deadlock.
+    loop {
+        let locked = diesel::select(pg_try_advisory_lock(MIGRATION_LOCK_KEY))
+            .get_result::<bool>(&mut conn)
+            .await?;
+        if locked {
+            break;
+        }
+        tokio::time::sleep(MIGRATION_LOCK_POLL).await;
+    }
     // The harness drives the async connection with `block_in_place`, which
     // needs the multi-threaded runtime; both binaries and the tests use it.
     let mut harness = AsyncMigrationHarness::new(conn);
