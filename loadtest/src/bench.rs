@@ -16,6 +16,7 @@
 use crate::{
     Options, ProgressView, Report,
     ceiling::{self, Ceiling, GrpcOptions, SharedSpike, pipe::Pipe, pipe::QueueKind},
+    pages,
     processes::{Services, counter_total},
     viewers::{self, SharedReads},
 };
@@ -88,6 +89,15 @@ pub struct BenchResults {
     /// A second api with its database link cut.
     #[serde(default)]
     pub outage: Option<viewers::Outage>,
+    /// A feed page in one call against 51 (needs `../shared/grpc-ceiling`).
+    #[serde(default)]
+    pub feed: Option<pages::Feed>,
+    /// ListLikers deep in a long list.
+    #[serde(default)]
+    pub likers: Option<pages::Likers>,
+    /// The spike without the likers index, with it, and with watchers.
+    #[serde(default)]
+    pub spike_arms: Option<pages::SpikeArms>,
     /// The spike on quorum queues (the median of as many trials).
     pub quorum: Report,
     pub quorum_likes_per_message: Option<f64>,
@@ -218,7 +228,7 @@ async fn read_side(
     let echo_reads_per_s = tokio::task::spawn_blocking(viewers::echo_reads).await?;
     let seconds = u32::try_from(scaled(10, scale, 2)).unwrap_or(10);
     let Some((reads, transactions_per_read)) =
-        viewers::reads_and_their_cost(services, run_id, seconds).await?
+        viewers::reads_and_their_cost(services, run_id, seconds, "count").await?
     else {
         return Ok(None);
     };
@@ -337,12 +347,15 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
             }
         }
     }
-    let viewers = match <[_]>::first(&shared_client_spikes) {
+    let (viewers, feed) = match <[_]>::first(&shared_client_spikes) {
         Some(_) => {
             let run_id = format!("bench-{}-1", std::process::id());
-            read_side(&services, broker, &run_id, scale, out).await?
+            let viewers = read_side(&services, broker, &run_id, scale, out).await?;
+            eprintln!("== feed pages: 51 calls, then one");
+            let seconds = u32::try_from(scaled(10, scale, 2)).unwrap_or(10);
+            (viewers, pages::feed(&services, &run_id, seconds).await?)
         }
-        None => None,
+        None => (None, None),
     };
     let lone = phase(
         "lone",
@@ -421,6 +434,38 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let crowd_worker_peak_rss_mib = crate::procfs::peak_rss_mib(&services.worker_pid().to_string());
     services.stop().await?;
 
+    let services = Services::start(&bin_dir, None).await?;
+    eprintln!("== likers");
+    let likers = scaled(100_000, scale, 1_000);
+    let likers = Some(
+        pages::likers(
+            &services,
+            likers,
+            u32::try_from(likers / 200).unwrap_or(500),
+            u32::try_from(scaled(1_000, scale, 100)).unwrap_or(1_000),
+        )
+        .await?,
+    );
+    let watchers = u32::try_from(scaled(1_000, scale, 100)).unwrap_or(1_000);
+    let arm = |run: String| {
+        let services = &services;
+        async move {
+            phase(
+                &format!("arm-{run}"),
+                services,
+                broker,
+                |o| {
+                    o.likes = spike_likes;
+                    o.run_id = Some(run.clone());
+                },
+                out,
+            )
+            .await
+        }
+    };
+    let spike_arms = Some(pages::spike_arms(&services, trials, watchers, arm).await?);
+    services.stop().await?;
+
     let services = Services::start(&bin_dir, Some(QueueKind::Quorum)).await?;
     let (quorum, quorum_likes_per_message, quorum_trials) =
         spikes("quorum", &services, broker, spike_likes, trials, out).await?;
@@ -445,6 +490,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         viewers,
         freshness_us,
         outage,
+        feed,
+        likers,
+        spike_arms,
         quorum,
         quorum_likes_per_message,
         quorum_trials,
@@ -482,7 +530,7 @@ fn shared_counts_exact(r: &BenchResults) -> bool {
 }
 
 /// A whole number with thousands separators: 12,345.
-fn n(x: f64) -> String {
+pub(crate) fn n(x: f64) -> String {
     let digits = format!("{:.0}", x.abs());
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -757,6 +805,13 @@ pub fn summary(r: &BenchResults) -> String {
     );
     let _ = writeln!(s);
     viewers_summary(&mut s, r);
+    pages::summary(
+        &mut s,
+        r.feed.as_ref(),
+        r.likers.as_ref(),
+        r.spike_arms.as_ref(),
+    );
+    let _ = writeln!(s);
     for (what, trials) in [
         ("default spike", &r.spike_trials),
         ("quorum spike", &r.quorum_trials),
@@ -934,6 +989,9 @@ mod tests {
             viewers: None,
             freshness_us: None,
             outage: None,
+            feed: None,
+            likers: None,
+            spike_arms: None,
             quorum: report(33_000.0, 11_000, &[("broker", 9.0)]),
             quorum_likes_per_message: None,
             quorum_trials: Vec::new(),

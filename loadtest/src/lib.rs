@@ -22,6 +22,7 @@ pub mod driver;
 pub mod http2;
 pub mod monitor;
 pub mod options;
+pub mod pages;
 pub mod probe;
 pub mod processes;
 pub mod procfs;
@@ -255,7 +256,10 @@ async fn measure(
     workload: &Workload,
     view: ProgressView,
 ) -> anyhow::Result<SystemReport> {
-    let names = Names::random();
+    let names = options
+        .run_id
+        .as_deref()
+        .map_or_else(Names::random, Names::of);
     let own = Arc::new(AtomicU64::new(0));
     // Every connection is opened before the first count of transactions:
     // opening one runs statements too.

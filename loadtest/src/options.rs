@@ -88,6 +88,12 @@ pub struct Options {
     #[arg(long)]
     pub seed: Option<u64>,
 
+    /// Name this run's posts `lt-<ID>-hot`, `lt-<ID>-p1` … (default: a
+    /// random ID), so another client can watch them while the load runs.
+    /// 1 to 32 ASCII letters and digits, new to the database.
+    #[arg(long, value_name = "ID", value_parser = run_id, conflicts_with = "baseline")]
+    pub run_id: Option<String>,
+
     /// Also report the CPU a process uses per acknowledged request, from the
     /// first request to the last one committed (repeat the flag; the load
     /// generator's own is always reported).
@@ -136,6 +142,14 @@ fn fraction(raw: &str) -> Result<f64, String> {
     }
 }
 
+fn run_id(raw: &str) -> Result<String, String> {
+    if (1..=32).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!("{raw:?} is not 1 to 32 ASCII letters and digits"))
+    }
+}
+
 fn named_pid(raw: &str) -> Result<(String, u32), String> {
     let (name, pid) = raw
         .split_once('=')
@@ -169,6 +183,18 @@ mod tests {
         assert!((options.hot_fraction - 0.9).abs() < f64::EPSILON);
         assert!(options.rate.is_none() && options.target.is_none());
         options.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn a_run_id_is_letters_and_digits() {
+        for bad in ["", "a_b", "a%", "é", &"x".repeat(33)] {
+            assert!(
+                Options::try_parse_from(["x", "--run-id", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let options = Options::parse_from(["x", "--run-id", "Bench42"]);
+        assert_eq!(options.run_id.as_deref(), Some("Bench42"));
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl Names {
         }
     }
 
+    /// Names under the run id `run` (letters and digits, checked by the
+    /// options).
+    pub fn of(run: &str) -> Self {
+        Self {
+            prefix: format!("lt-{run}-"),
+        }
+    }
+
     /// The common prefix of this run's post ids.
     pub fn prefix(&self) -> &str {
         &self.prefix

@@ -31,9 +31,12 @@ pub struct SharedReads {
     pub errors: u64,
 }
 
-/// `../shared/grpc-ceiling/run.sh reads` against `target` for `seconds`,
-/// reading the hot post of the shared tool's spike `run_id`.
-pub fn shared_reads(target: &str, run_id: &str, seconds: u32) -> Option<SharedReads> {
+/// `../shared/grpc-ceiling/run.sh reads --kind <kind>` against `target`
+/// for `seconds` on the posts of the shared tool's spike `run_id`: `count`
+/// reads its hot post, `feed` and `summaries` read feed pages of 50 of its
+/// posts (51 calls a page, or one GetLikeSummaries). `reads_per_s` counts
+/// reads or pages.
+pub fn shared_reads(target: &str, run_id: &str, seconds: u32, kind: &str) -> Option<SharedReads> {
     #[derive(Deserialize)]
     struct Line {
         reads_per_s: f64,
@@ -47,7 +50,7 @@ pub fn shared_reads(target: &str, run_id: &str, seconds: u32) -> Option<SharedRe
         "--target",
         target,
         "--kind",
-        "count",
+        kind,
         "--concurrency",
         "64",
         "--connections",
@@ -75,19 +78,20 @@ pub fn echo_reads() -> Option<f64> {
     shared_ceiling("grpc-ceiling", &["--reads"])
 }
 
-/// Reads of the hot post by the shared readers for `seconds`, and the
-/// PostgreSQL transactions of the services' database meanwhile, per read.
+/// Reads of `kind` ([`shared_reads`]) for `seconds`, and the PostgreSQL
+/// transactions of the services' database meanwhile, per read.
 pub async fn reads_and_their_cost(
     services: &Services,
     run_id: &str,
     seconds: u32,
+    kind: &'static str,
 ) -> anyhow::Result<Option<(SharedReads, f64)>> {
     let mut commits = CommitCounter::connect(&services.env.settings.database.url).await?;
     let before = commits.settled(Duration::from_secs(30)).await?;
     let target = services.api_addr();
     let run_id = run_id.to_owned();
     let reads =
-        tokio::task::spawn_blocking(move || shared_reads(&target, &run_id, seconds)).await?;
+        tokio::task::spawn_blocking(move || shared_reads(&target, &run_id, seconds, kind)).await?;
     let after = commits.settled(Duration::from_secs(30)).await?;
     Ok(reads.map(|reads| {
         let total = reads.reads_per_s * f64::from(seconds);
@@ -103,7 +107,7 @@ pub fn readers_in_background(
     run_id: String,
     seconds: u32,
 ) -> std::thread::JoinHandle<Option<SharedReads>> {
-    std::thread::spawn(move || shared_reads(&target, &run_id, seconds))
+    std::thread::spawn(move || shared_reads(&target, &run_id, seconds, "count"))
 }
 
 /// On an idle service: `likes` times, one Like, then GetLikeCount of its
