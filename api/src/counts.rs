@@ -19,7 +19,7 @@
 use futures_util::{StreamExt, stream::BoxStream};
 use likes_common::config::{AmqpSettings, ApiSettings};
 use likes_common::ids::PostId;
-use likes_db::{DbError, PgPool, VersionedCount, repository};
+use likes_db::{DbError, ReadPools, VersionedCount, repository};
 use likes_proto::events::CountChange;
 use likes_queue::backoff::Reconnect;
 use moka::ops::compute::{CompResult, Op};
@@ -71,7 +71,7 @@ const UPDATES_BUFFERED: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct CountCache {
     cache: moka::future::Cache<String, Cached>,
-    pool: PgPool,
+    reads: ReadPools,
     ttl: Duration,
     max_stale: Duration,
     metrics: Arc<CacheMetrics>,
@@ -106,7 +106,7 @@ impl CacheMetrics {
 }
 
 impl CountCache {
-    pub fn new(pool: PgPool, settings: &ApiSettings) -> Self {
+    pub fn new(reads: ReadPools, settings: &ApiSettings) -> Self {
         let ttl = settings.count_cache_ttl();
         let max_stale = settings.count_max_stale();
         Self {
@@ -114,7 +114,7 @@ impl CountCache {
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl.saturating_add(max_stale))
                 .build(),
-            pool,
+            reads,
             ttl,
             max_stale,
             metrics: Arc::new(CacheMetrics::new()),
@@ -149,8 +149,13 @@ impl CountCache {
                     return Ok(Op::Nop);
                 }
                 self.metrics.loads.increment(1);
-                let mut conn = likes_db::checkout(&self.pool).await?;
-                let loaded = repository::like_count(&mut conn, post).await?;
+                let loaded = self
+                    .reads
+                    .read(|conn| {
+                        let post = post.clone();
+                        Box::pin(async move { repository::like_count(conn, &post).await })
+                    })
+                    .await?;
                 Ok::<_, DbError>(Op::Put(newer(existing.map(|e| e.into_value()), loaded)))
             })
             .await;
@@ -183,11 +188,13 @@ impl CountCache {
         if lookup.missing.is_empty() {
             return Ok(lookup.answer);
         }
-        let loaded = async {
-            let mut conn = likes_db::checkout(&self.pool).await?;
-            repository::like_counts(&mut conn, &lookup.missing).await
-        }
-        .await;
+        let loaded = self
+            .reads
+            .read(|conn| {
+                let missing = lookup.missing.clone();
+                Box::pin(async move { repository::like_counts(conn, &missing).await })
+            })
+            .await;
         self.settle(lookup, loaded).await
     }
 

@@ -69,7 +69,8 @@ pub struct Application {
     publisher_stop: CancellationToken,
     /// The api's part in the process's `/readyz`.
     readiness: ReadinessReporter,
-    pool: likes_db::PgPool,
+    reads: likes_db::ReadPools,
+    max_replica_lag: std::time::Duration,
     counts: CountCache,
     subscription: counts::Subscription,
     amqp: AmqpSettings,
@@ -99,7 +100,9 @@ impl Application {
         let pool = likes_db::connect(&settings.database)
             .await
             .with_context(|| format!("connecting to PostgreSQL at {}", settings.database.url))?;
-        let counts = CountCache::new(pool.clone(), &settings.api);
+        let reads = likes_db::ReadPools::new(pool, &settings.database)
+            .context("setting up the read replicas of database.read_urls")?;
+        let counts = CountCache::new(reads.clone(), &settings.api);
         // Subscribed before serving, so no count is cached before the
         // subscription that keeps it current.
         metrics::gauge!("likes_count_subscription_up").set(0.0);
@@ -114,7 +117,8 @@ impl Application {
             publisher,
             publisher_stop,
             readiness,
-            pool,
+            reads,
+            max_replica_lag: settings.database.max_replica_lag(),
             counts,
             subscription,
             amqp: settings.amqp.clone(),
@@ -148,7 +152,9 @@ impl Application {
             self.publisher.subscribe(),
             shutdown.clone(),
         ));
-        likes_db::spawn_pool_gauges(self.pool.clone(), shutdown.clone());
+        likes_db::spawn_pool_gauges(self.reads.primary().clone(), shutdown.clone());
+        self.reads
+            .spawn_checks(self.max_replica_lag, shutdown.clone());
         let follower = tokio::spawn(counts::follow_pushes(
             self.counts.clone(),
             self.amqp.clone(),
@@ -159,7 +165,7 @@ impl Application {
         let reflection_v1alpha = reflection().build_v1alpha()?;
         let api = LikeApi::new(
             Arc::clone(&self.publisher),
-            self.pool.clone(),
+            self.reads.clone(),
             self.counts.clone(),
             &self.settings,
             shutdown.clone(),

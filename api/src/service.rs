@@ -3,7 +3,7 @@
 use crate::{counts::CountCache, error::ApiError, pages, publisher::Publisher, validate, watch};
 use likes_common::config::ApiSettings;
 use likes_common::ids::{PostId, UserId};
-use likes_db::{PgPool, PooledConnection, repository};
+use likes_db::{ReadPools, repository};
 use likes_proto::pb::{
     GetLikeCountRequest, GetLikeCountResponse, GetLikeCountsRequest, GetLikeCountsResponse,
     GetLikeSummariesRequest, GetLikeSummariesResponse, HasLikedRequest, HasLikedResponse,
@@ -26,7 +26,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct LikeApi {
     publisher: Arc<Publisher>,
-    pool: PgPool,
+    reads: ReadPools,
     counts: CountCache,
     metrics: Arc<RpcMetrics>,
     /// The places of WatchLikeCounts streams.
@@ -43,14 +43,14 @@ impl LikeApi {
     /// installed: the handles of the usual outcomes are taken here, once.
     pub fn new(
         publisher: Arc<Publisher>,
-        pool: PgPool,
+        reads: ReadPools,
         counts: CountCache,
         settings: &ApiSettings,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             publisher,
-            pool,
+            reads,
             counts,
             metrics: Arc::new(RpcMetrics::new()),
             watchers: Arc::new(Semaphore::new(settings.max_watch_streams)),
@@ -78,10 +78,6 @@ impl LikeApi {
         let event_id = event.event_id.clone();
         self.publisher.publish(event).await?;
         Ok(event_id)
-    }
-
-    async fn connection(&self) -> Result<PooledConnection<'_>, ApiError> {
-        Ok(likes_db::checkout(&self.pool).await?)
     }
 }
 
@@ -117,11 +113,17 @@ impl LikeService for LikeApi {
             let (counts, liked) = match &viewer {
                 Some(viewer) => {
                     let lookup = self.counts.lookup(&posts).await;
-                    let mut conn = self.connection().await?;
-                    let (loaded, liked) =
-                        repository::summaries(&mut conn, viewer, &posts, lookup.missing())
-                            .await
-                            .map_err(ApiError::from)?;
+                    let (loaded, liked) = self
+                        .reads
+                        .read(|conn| {
+                            let (viewer, posts) = (viewer.clone(), posts.clone());
+                            let missing = lookup.missing().to_vec();
+                            Box::pin(async move {
+                                repository::summaries(conn, &viewer, &posts, &missing).await
+                            })
+                        })
+                        .await
+                        .map_err(ApiError::from)?;
                     (self.counts.settle(lookup, Ok(loaded)).await, liked)
                 }
                 None => (self.counts.counts(&posts).await, HashSet::new()),
@@ -160,10 +162,16 @@ impl LikeService for LikeApi {
             Span::current().record("post.id", post.as_str());
             let size = validate::likers_page_size(page_size)?;
             let after = pages::decode(&post, &page_token)?;
-            let mut conn = self.connection().await?;
             // One more than the page: whether another page follows.
             let limit = i64::try_from(size + 1).expect("at most 101");
-            let mut found = repository::likers(&mut conn, &post, after.as_ref(), limit)
+            let mut found = self
+                .reads
+                .read(|conn| {
+                    let (post, after) = (post.clone(), after.clone());
+                    Box::pin(
+                        async move { repository::likers(conn, &post, after.as_ref(), limit).await },
+                    )
+                })
                 .await
                 .map_err(ApiError::from)?;
             let next_page_token = if found.len() > size {
@@ -291,8 +299,12 @@ impl LikeService for LikeApi {
             let HasLikedRequest { post_id, user_id } = request.into_inner();
             let (post, user) = validate::pair(post_id, user_id)?;
             record_pair(&post, &user);
-            let mut conn = self.connection().await?;
-            let liked = repository::has_liked(&mut conn, &post, &user)
+            let liked = self
+                .reads
+                .read(|conn| {
+                    let (post, user) = (post.clone(), user.clone());
+                    Box::pin(async move { repository::has_liked(conn, &post, &user).await })
+                })
                 .await
                 .map_err(ApiError::from)?;
             Ok(Response::new(HasLikedResponse { liked }))

@@ -151,6 +151,10 @@ pub struct DatabaseSettings {
     /// PEM file of the CA certificates `sslmode=verify-ca`/`verify-full`
     /// verify the server against; empty: the system's roots.
     pub tls_ca_file: String,
+    /// Streaming replicas the api reads from, separated by spaces; empty:
+    /// every read on `url`.
+    pub read_urls: SecretUrl,
+    pub max_replica_lag_ms: NonZeroU64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -357,6 +361,15 @@ impl ApiSettings {
 impl DatabaseSettings {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Each URL of `read_urls`.
+    pub fn read_urls(&self) -> impl Iterator<Item = &str> {
+        self.read_urls.expose().split_whitespace()
+    }
+
+    pub fn max_replica_lag(&self) -> Duration {
+        Duration::from_millis(self.max_replica_lag_ms.get())
     }
 }
 

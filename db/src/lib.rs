@@ -6,6 +6,7 @@ mod circuit;
 pub mod error;
 pub mod models;
 pub mod pool;
+pub mod replicas;
 pub mod repository;
 pub mod schema;
 pub mod tls;
@@ -16,4 +17,5 @@ pub use pool::{
     MIGRATION_LOCK_KEY, PgPool, PooledConnection, checkout, connect, ensure_database,
     maintenance_database_url, run_migrations, spawn_pool_gauges, split_database_url,
 };
+pub use replicas::ReadPools;
 pub use tls::establish;

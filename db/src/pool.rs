@@ -161,6 +161,37 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let tls_ca_file = settings.tls_ca_file.as_str();
     ensure_database(url, tls_ca_file).await?;
     run_migrations(url, tls_ca_file).await?;
+    let (builder, manager, circuit) = pool_parts(url, settings);
+    let pool = builder
+        .build(manager)
+        .await
+        .map_err(|e| DbError::Pool(e.to_string()))?;
+    Ok(PgPool {
+        pool,
+        circuit,
+        max_size: settings.pool_size.get(),
+    })
+}
+
+/// A pool on `url` (a read replica) with the pool settings of `settings`,
+/// connecting in the background: a server down now is not an error.
+pub fn build_unchecked(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    // Checked here, as `connect` checks the primary's by connecting.
+    crate::tls::ssl_mode(url).map_err(|e| DbError::Pool(e.to_string()))?;
+    let (builder, manager, circuit) = pool_parts(url, settings);
+    Ok(PgPool {
+        pool: builder.build_unchecked(manager),
+        circuit,
+        max_size: settings.pool_size.get(),
+    })
+}
+
+type Manager = AsyncDieselConnectionManager<AsyncPgConnection>;
+
+fn pool_parts(
+    url: &str,
+    settings: &DatabaseSettings,
+) -> (bb8::Builder<Manager>, Manager, Arc<Circuit>) {
     let mut config = ManagerConfig::default();
     let ca_file = settings.tls_ca_file.clone();
     config.custom_setup = Box::new(move |url| {
@@ -168,9 +199,9 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         let ca_file = ca_file.clone();
         async move { crate::tls::establish(&url, &ca_file).await }.boxed()
     });
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
+    let manager = Manager::new_with_config(url, config);
     let circuit = Arc::new(Circuit::new(CIRCUIT_OPEN));
-    let pool = Pool::builder()
+    let builder = Pool::builder()
         .max_size(settings.pool_size.get())
         // No `SELECT 1` before every checkout: it would double the
         // transactions a batch costs. A broken connection fails its query,
@@ -183,15 +214,8 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
         // database being away (see `checkout`).
         .min_idle(Some(settings.pool_size.get()))
         .connection_timeout(settings.connect_timeout())
-        .error_sink(Box::new(CircuitSink(Arc::clone(&circuit))))
-        .build(manager)
-        .await
-        .map_err(|e| DbError::Pool(e.to_string()))?;
-    Ok(PgPool {
-        pool,
-        circuit,
-        max_size: settings.pool_size.get(),
-    })
+        .error_sink(Box::new(CircuitSink(Arc::clone(&circuit))));
+    (builder, manager, circuit)
 }
 
 #[derive(QueryableByName)]

@@ -113,19 +113,39 @@ pub async fn establish(url: &str, tls_ca_file: &str) -> Result<AsyncPgConnection
 }
 
 /// `host:port` of the (first) server of `config`.
-fn server_address(config: &tokio_postgres::Config) -> String {
-    let host = match config.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
-        None => "localhost".to_owned(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!("{host}:{port}")
+/// `host:port` of the servers `url` names (comma-separated when it names
+/// several), without credentials: for metric labels and log lines.
+pub fn server_label(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) => server_address(&config),
+        Err(_) => "unparsable".to_owned(),
+    }
 }
 
-/// The message of a failed connection: tokio-postgres's, or for a refused
-/// certificate one that names the server and the setting deciding trust.
+fn server_address(config: &tokio_postgres::Config) -> String {
+    let ports = config.get_ports();
+    let servers: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let host = match host {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            // One port for all hosts, or one each (libpq's rule).
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            format!("{host}:{port}")
+        })
+        .collect();
+    if servers.is_empty() {
+        "localhost:5432".to_owned()
+    } else {
+        servers.join(",")
+    }
+}
+
 fn explain(server: &str, mode: SslMode, error: &tokio_postgres::Error) -> String {
     match rustls_cause(error) {
         Some(refused @ rustls::Error::InvalidCertificate(_)) => {

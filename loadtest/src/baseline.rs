@@ -44,7 +44,7 @@ pub async fn pool(url: &str, wanted: u32) -> anyhow::Result<(PgPool, u32)> {
         url: SecretUrl::new(url),
         pool_size: std::num::NonZeroU32::MIN,
         connect_timeout_ms: 30_000,
-        tls_ca_file: String::new(),
+        ..likes_common::Settings::defaults().database
     };
     let probe = likes_db::connect(&settings).await?;
     let available = {

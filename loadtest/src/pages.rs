@@ -256,36 +256,113 @@ impl Index {
     }
 }
 
+/// What one stream saw: when each message came, and its count.
+type Seen = Vec<(Instant, i64)>;
+
 /// Opens `streams` WatchLikeCounts streams on `post`, runs `spike` once
-/// each stream has its first count, and reads what the streams saw.
+/// each stream has its first count, and reads what the streams saw. The
+/// streams are read on a thread and runtime of their own: the load
+/// generator's runtime is busy (its verification runs on it), and a stream
+/// task waiting behind it would see its messages late.
 async fn watching(
     services: &Services,
     post: &str,
     streams: u32,
     spike: impl Future<Output = anyhow::Result<Report>>,
 ) -> anyhow::Result<(Report, Watched)> {
-    // 100 streams a connection, half the api's limit per connection.
-    let clients =
-        crate::driver::connect(&services.api_addr(), streams.div_ceil(100) as usize).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let (opened, mut first_counts) = tokio::sync::mpsc::channel(streams as usize);
+    let (opened, all_opened) = tokio::sync::oneshot::channel();
+    let (addr, watched_post) = (services.api_addr(), post.to_owned());
+    let reader = std::thread::spawn(move || -> anyhow::Result<Vec<Seen>> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(follow(addr, watched_post, streams, opened, stopped))
+    });
+    let opened = tokio::time::timeout(Duration::from_secs(60), all_opened)
+        .await
+        .map_err(|_| anyhow::anyhow!("the streams did not all start in 60 s"))?;
+    opened??;
+    let started = Instant::now();
+    let report = spike.await;
+    let settings = &services.env.settings.api;
+    tokio::time::sleep(settings.watch_min_interval() * 2 + Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let seen = tokio::task::spawn_blocking(move || reader.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the stream reader panicked"))??;
+    let report = report?;
+    let last = final_count(services, post).await?;
+    let mut watched = Watched {
+        streams,
+        ended_exact: 0,
+        gaps_us: Latency::of_or_empty(&crate::driver::latency_histogram()),
+        streams_with_a_gap_over_500_ms: 0,
+        messages_per_stream: 0.0,
+    };
+    let mut histogram = crate::driver::latency_histogram();
+    let mut messages = 0;
+    for seen in &seen {
+        messages += seen.len();
+        watched.ended_exact += u32::from(seen.last().is_some_and(|&(_, count)| count == last));
+        let gaps_of_stream = gaps(seen, started, last);
+        for gap in &gaps_of_stream {
+            histogram.saturating_record(micros(*gap));
+        }
+        let over = gaps_of_stream
+            .iter()
+            .any(|gap| *gap > Duration::from_millis(500));
+        if over {
+            let timeline: Vec<String> = seen
+                .iter()
+                .map(|(at, count)| format!("{:+.0}ms:{count}", signed_ms(*at, started)))
+                .collect();
+            eprintln!("  a stream with a gap over 500 ms: {}", timeline.join(" "));
+        }
+        watched.streams_with_a_gap_over_500_ms += u32::from(over);
+    }
+    watched.gaps_us = Latency::of_or_empty(&histogram);
+    watched.messages_per_stream = messages as f64 / f64::from(streams.max(1));
+    Ok((report, watched))
+}
+
+fn signed_ms(at: Instant, from: Instant) -> f64 {
+    if at >= from {
+        (at - from).as_secs_f64() * 1e3
+    } else {
+        -((from - at).as_secs_f64() * 1e3)
+    }
+}
+
+/// The streams' side of [`watching`]: opens them (100 a connection, half
+/// the api's limit per connection), says when each has its first count,
+/// and records what they receive until `stopped`.
+async fn follow(
+    addr: String,
+    post: String,
+    streams: u32,
+    opened: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Seen>> {
+    let clients = crate::driver::connect(&addr, streams.div_ceil(100) as usize).await?;
+    let (first, mut first_counts) = tokio::sync::mpsc::channel(streams as usize);
     let mut followers = Vec::new();
     for i in 0..streams as usize {
         let mut client = clients[i % clients.len()].clone();
         let request = WatchLikeCountsRequest {
-            post_ids: vec![post.to_owned()],
+            post_ids: vec![post.clone()],
         };
-        let (mut stopped, opened) = (stopped.clone(), opened.clone());
+        let (mut stopped, first) = (stopped.clone(), first.clone());
         followers.push(tokio::spawn(async move {
             let mut stream = client.watch_like_counts(request).await?.into_inner();
-            let mut seen: Vec<(Instant, i64)> = Vec::new();
+            let mut seen = Seen::new();
             loop {
                 tokio::select! {
                     _ = stopped.changed() => break,
                     message = stream.message() => match message? {
                         Some(change) => {
                             if seen.is_empty() {
-                                let _ = opened.send(()).await;
+                                let _ = first.send(()).await;
                             }
                             seen.push((Instant::now(), change.count));
                         }
@@ -297,41 +374,14 @@ async fn watching(
         }));
     }
     for _ in 0..streams {
-        tokio::time::timeout(Duration::from_secs(30), first_counts.recv())
-            .await
-            .map_err(|_| anyhow::anyhow!("the streams did not all start in 30 s"))?;
+        first_counts.recv().await;
     }
-    let started = Instant::now();
-    let report = spike.await?;
-    let settings = &services.env.settings.api;
-    tokio::time::sleep(settings.watch_min_interval() * 2 + Duration::from_millis(500)).await;
-    let _ = stop.send(true);
-    let last = final_count(services, post).await?;
-    let mut watched = Watched {
-        streams,
-        ended_exact: 0,
-        gaps_us: Latency::of_or_empty(&crate::driver::latency_histogram()),
-        streams_with_a_gap_over_500_ms: 0,
-        messages_per_stream: 0.0,
-    };
-    let mut histogram = crate::driver::latency_histogram();
-    let mut messages = 0;
+    let _ = opened.send(Ok(()));
+    let mut seen = Vec::with_capacity(followers.len());
     for follower in followers {
-        let seen = follower.await??;
-        messages += seen.len();
-        watched.ended_exact += u32::from(seen.last().is_some_and(|&(_, count)| count == last));
-        let gaps_of_stream = gaps(&seen, started, last);
-        for gap in &gaps_of_stream {
-            histogram.saturating_record(micros(*gap));
-        }
-        let over = gaps_of_stream
-            .iter()
-            .any(|gap| *gap > Duration::from_millis(500));
-        watched.streams_with_a_gap_over_500_ms += u32::from(over);
+        seen.push(follower.await??);
     }
-    watched.gaps_us = Latency::of_or_empty(&histogram);
-    watched.messages_per_stream = messages as f64 / f64::from(streams.max(1));
-    Ok((report, watched))
+    Ok(seen)
 }
 
 /// The gaps between the messages a stream `seen` after `started`, from

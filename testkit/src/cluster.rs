@@ -159,7 +159,7 @@ impl RunAs {
 }
 
 /// uid, gid and home of `user` from `/etc/passwd`.
-fn passwd_entry(user: &str) -> anyhow::Result<Option<(u32, u32, PathBuf)>> {
+pub(crate) fn passwd_entry(user: &str) -> anyhow::Result<Option<(u32, u32, PathBuf)>> {
     let passwd = fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
     for line in passwd.lines() {
         let fields: Vec<&str> = line.split(':').collect();
@@ -702,7 +702,7 @@ impl Drop for Cluster {
 }
 
 /// A port free a moment ago and not handed out before.
-fn fresh_port(taken: &mut HashSet<u16>) -> anyhow::Result<u16> {
+pub(crate) fn fresh_port(taken: &mut HashSet<u16>) -> anyhow::Result<u16> {
     for _ in 0..100 {
         let port = crate::free_port()?;
         if taken.insert(port) {

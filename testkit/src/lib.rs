@@ -13,6 +13,7 @@ pub mod faults;
 pub mod http2;
 pub mod load;
 pub mod otlp;
+pub mod pg_cluster;
 pub mod process;
 pub mod proxy;
 mod running;

@@ -15,7 +15,7 @@ use std::{
 };
 use tokio::time::Instant;
 
-const MIB: u64 = 1024 * 1024;
+pub(crate) const MIB: u64 = 1024 * 1024;
 /// The bound on the api's memory during a flood.
 const RSS_BOUND: u64 = 150 * MIB;
 /// How far above its idle level the api may stay once the flood is gone:
@@ -24,14 +24,14 @@ const RSS_BOUND: u64 = 150 * MIB;
 const SETTLED_ABOVE_IDLE: u64 = 32 * MIB;
 
 /// Samples a process's VmRSS every 20 ms until stopped; keeps the peak.
-struct RssSampler {
+pub(crate) struct RssSampler {
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> Self {
+    pub(crate) fn start(pid: u32) -> Self {
         let peak = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
@@ -48,7 +48,7 @@ impl RssSampler {
         Self { peak, stop, task }
     }
 
-    async fn peak(self) -> u64 {
+    pub(crate) async fn peak(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         self.peak.load(Ordering::Relaxed)

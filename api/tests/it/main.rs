@@ -10,6 +10,7 @@ mod deadlines;
 mod floods;
 mod health;
 mod processes;
+mod slow_watchers;
 
 use likes_proto::pb::{LikeRequest, like_service_client::LikeServiceClient};
 use likes_testkit::{TestEnv, eventually, process::ServiceProcess, proxy::FaultProxy};

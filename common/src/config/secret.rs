@@ -83,9 +83,17 @@ impl SecretUrl {
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // A comma-separated list of URLs (a cluster's nodes) is masked URL by URL.
-        let masked: Vec<String> = self.0.split(',').map(redact_password).collect();
-        f.write_str(&masked.join(","))
+        // A list of URLs (a cluster's nodes, separated by commas; read
+        // replicas, by spaces) is masked URL by URL.
+        let masked: Vec<String> = self
+            .0
+            .split(' ')
+            .map(|urls| {
+                let masked: Vec<String> = urls.split(',').map(redact_password).collect();
+                masked.join(",")
+            })
+            .collect();
+        f.write_str(&masked.join(" "))
     }
 }
 

@@ -124,7 +124,10 @@ async fn a_like_reaches_a_cached_count_by_a_push_within_the_freshness_bound() ->
 async fn pushes_out_of_order_never_replace_a_newer_count() -> anyhow::Result<()> {
     let mut env = TestEnv::new();
     env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
-    let cache = CountCache::new(env.pool().await?, &env.settings.api);
+    let cache = CountCache::new(
+        likes_db::ReadPools::primary_only(env.pool().await?),
+        &env.settings.api,
+    );
     let post = PostId::parse("p")?;
     let change = |count, version| CountChange {
         post_id: "p".into(),
