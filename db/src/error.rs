@@ -26,6 +26,20 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Whether the pooled connection the query ran on was found closed (the
+    /// server restarted or failed over): the pool drops it, and the next
+    /// checkout may get a good one at once, so this one is worth retrying
+    /// without waiting.
+    pub fn is_broken_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::Query(DieselError::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand | DatabaseErrorKind::ClosedConnection,
+                _
+            ))
+        )
+    }
+
     /// Whether trying again later may succeed: lost connections, pool
     /// timeouts, deadlocks, serialization failures, a server shutting down.
     /// Constraint violations and bad data fail the same way every time.

@@ -29,6 +29,11 @@ pub struct PgPool {
 }
 
 impl PgPool {
+    /// The most connections the pool opens.
+    pub fn max_size(&self) -> u32 {
+        self.max_size
+    }
+
     /// Connections open and idle.
     pub fn state(&self) -> bb8::State {
         self.pool.state()

@@ -141,8 +141,19 @@ impl ReadPools {
             }
         }
         self.primary_reads.increment(1);
-        let mut conn = checkout(&self.primary).await?;
-        query(&mut conn).await
+        // A connection found closed (the primary restarted or failed over)
+        // is dropped by the pool: the next one may be good, so try again at
+        // once, up to once per connection the pool may hold.
+        let mut broken = 0;
+        loop {
+            let mut conn = checkout(&self.primary).await?;
+            match query(&mut conn).await {
+                Err(error) if error.is_broken_connection() && broken < self.primary.max_size() => {
+                    broken += 1;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// The next usable replica, round robin.

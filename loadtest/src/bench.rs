@@ -696,12 +696,13 @@ pub fn summary(r: &BenchResults) -> String {
         format!("**{}**", if r.spike.passed() { "yes" } else { "NO" }),
     );
     row(
-        "CPU per like: broker / api / worker / load generator".into(),
+        "CPU per like: broker / api / worker / PostgreSQL / load generator".into(),
         format!(
-            "{} / {} / {} / {}",
+            "{} / {} / {} / {} / {}",
             us(cpu(&r.spike, "broker")),
             us(cpu(&r.spike, "api")),
             us(cpu(&r.spike, "worker")),
+            us(cpu(&r.spike, "postgres")),
             us(cpu(&r.spike, "load generator"))
         ),
     );
@@ -1004,7 +1005,10 @@ mod tests {
         let text = summary(&results());
         assert!(text.contains("30,000 / 60,000 = **0.50** |"), "{text}");
         assert!(text.contains("30,000 / 80,000 = **0.38**"), "{text}");
-        assert!(text.contains("| 10.5 µs / 20.0 µs / n/a / n/a |"), "{text}");
+        assert!(
+            text.contains("| 10.5 µs / 20.0 µs / n/a / n/a / n/a |"),
+            "{text}"
+        );
         assert!(
             text.contains("| likes per broker message | 20.0 |"),
             "{text}"

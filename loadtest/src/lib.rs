@@ -381,17 +381,34 @@ async fn measure(
     Ok(report)
 }
 
-/// The load generator itself and the processes of `--cpu-of`.
-fn watched_processes(options: &Options) -> Vec<(String, u32)> {
+/// Whose CPU a run reports.
+enum Watched {
+    Pid(u32),
+    /// Every process of this command name.
+    Command(&'static str),
+}
+
+/// The load generator itself, the processes of `--cpu-of`, and with
+/// `--cpu-of-postgres` every `postgres` process.
+fn watched_processes(options: &Options) -> Vec<(String, Watched)> {
     std::iter::once(("load generator".to_owned(), std::process::id()))
         .chain(options.cpu_of.iter().cloned())
+        .map(|(name, pid)| (name, Watched::Pid(pid)))
+        .chain(
+            options
+                .cpu_of_postgres
+                .then(|| ("postgres".to_owned(), Watched::Command("postgres"))),
+        )
         .collect()
 }
 
-fn cpu_of(processes: &[(String, u32)]) -> Vec<Option<f64>> {
+fn cpu_of(processes: &[(String, Watched)]) -> Vec<Option<f64>> {
     processes
         .iter()
-        .map(|(_, pid)| procfs::cpu_seconds(*pid))
+        .map(|(_, watched)| match watched {
+            Watched::Pid(pid) => procfs::cpu_seconds(*pid),
+            Watched::Command(command) => procfs::cpu_seconds_of_command(command),
+        })
         .collect()
 }
 

@@ -99,6 +99,12 @@ pub struct Options {
     /// generator's own is always reported).
     #[arg(long = "cpu-of", value_name = "NAME=PID", value_parser = named_pid)]
     pub cpu_of: Vec<(String, u32)>,
+
+    /// Also report the CPU of every process named `postgres` on this
+    /// machine (the server, its backends and workers) per acknowledged
+    /// request, as `postgres`.
+    #[arg(long)]
+    pub cpu_of_postgres: bool,
 }
 
 /// How the baseline writes.

@@ -90,6 +90,7 @@ impl Services {
         options
             .cpu_of
             .extend(broker.map(|pid| ("broker".to_owned(), pid)));
+        options.cpu_of_postgres = true;
         options
     }
 

@@ -17,6 +17,19 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / TICKS_PER_SECOND)
 }
 
+/// User plus system CPU seconds every live process whose command name is
+/// `command` has used so far (what exited meanwhile is not counted).
+pub fn cpu_seconds_of_command(command: &str) -> Option<f64> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let total = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| command_name(*pid).as_deref() == Some(command))
+        .filter_map(cpu_seconds)
+        .sum();
+    Some(total)
+}
+
 /// Peak resident set size (`VmHWM`) of process `pid` (or `self`), in MiB.
 pub fn peak_rss_mib(pid: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

@@ -68,6 +68,11 @@ impl Writer {
         let started = Instant::now();
         let mut delays = self.backoff.build();
         let mut attempts = 0;
+        // Pooled connections found closed, each retried at once: after a
+        // restart or failover every idle connection is dead, and waiting a
+        // growing backoff per dead connection would pause the writes for
+        // seconds with a good server there.
+        let mut broken = 0;
         loop {
             attempts += 1;
             // An attempt gets what is left of the budget: a database that
@@ -86,7 +91,12 @@ impl Writer {
                 Ok(Err(error)) => error,
                 Err(_elapsed) => DbError::TimedOut(left),
             };
-            let delay = delays.next().unwrap_or(self.retry_budget);
+            let delay = if error.is_broken_connection() && broken < self.pool.max_size() {
+                broken += 1;
+                Duration::ZERO
+            } else {
+                delays.next().unwrap_or(self.retry_budget)
+            };
             if shutdown.is_cancelled() || started.elapsed() + delay > self.retry_budget {
                 return Err(WriteError::GaveUp {
                     attempts,
