@@ -146,8 +146,15 @@ async fn watchers_that_stop_reading_during_a_spike_hold_no_backlog_then_get_the_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    for (stream, latest) in &mut streams {
-        read_until(stream, latest, &want).await?;
+    // All at once, as clients do: a stream left unread holds its
+    // connection's HTTP/2 window, which the others on it need.
+    let want = Arc::new(want);
+    let readers = streams.into_iter().map(|(mut stream, mut latest)| {
+        let want = Arc::clone(&want);
+        tokio::spawn(async move { read_until(&mut stream, &mut latest, &want).await })
+    });
+    for reader in futures_util::future::join_all(readers).await {
+        reader??;
     }
     Ok(())
 }
