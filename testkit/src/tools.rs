@@ -1,8 +1,7 @@
 //! Test tools that are not Rust crates, which `make tools` installs into the
-//! project's own folder, never the user's Python or Node: a virtualenv with
-//! grpcurl and check-jsonschema (PyPI), and the Compose specification's JSON
-//! schema (npm). `LIKES_TOOLS_DIR` names another folder than
-//! `<workspace>/target/tools`.
+//! project's own folder, never the user's Python or Node or the machine's
+//! packages (the Makefile's `tools` target says what and from where).
+//! `LIKES_TOOLS_DIR` names another folder than `<workspace>/target/tools`.
 
 use std::path::PathBuf;
 
@@ -14,16 +13,19 @@ pub fn dir() -> PathBuf {
     )
 }
 
-/// The tool `name` of the virtualenv. Tests that need one are marked
-/// `#[ignore]` with the reason, so a plain `cargo test` reports them
-/// ignored; `make test` installs the tools and runs them
-/// (`--include-ignored`), and there a missing tool fails the test.
+/// Where the tools' programs are: the virtualenv's, and the ones unpacked
+/// from Debian's prometheus package.
+const BIN_DIRS: [&str; 2] = ["venv/bin", "prometheus/usr/bin"];
+
+/// The tool program `name`. Tests that need one are marked `#[ignore]` with
+/// the reason, so a plain `cargo test` reports them ignored; `make test`
+/// installs the tools and runs them (`--include-ignored`), and there a
+/// missing tool fails the test.
 pub fn require(name: &str) -> PathBuf {
-    let path = dir().join("venv/bin").join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make tools`",
-        path.display()
-    );
-    path
+    let dir = dir();
+    BIN_DIRS
+        .iter()
+        .map(|bin| dir.join(bin).join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is missing from {}: run `make tools`", dir.display()))
 }

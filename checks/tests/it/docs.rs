@@ -118,7 +118,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 }
 
 /// Metrics the dashboard's queries read, without the histogram suffixes.
-fn queried_metrics(dashboard: &serde_json::Value, into: &mut BTreeSet<String>) {
+pub(crate) fn queried_metrics(dashboard: &serde_json::Value, into: &mut BTreeSet<String>) {
     match dashboard {
         serde_json::Value::Object(map) => {
             for (key, value) in map {
@@ -142,7 +142,7 @@ fn queried_metrics(dashboard: &serde_json::Value, into: &mut BTreeSet<String>) {
 }
 
 /// Metrics the sources register with `counter!`, `gauge!` or `histogram!`.
-fn exported_metrics(source: &str) -> BTreeSet<String> {
+pub(crate) fn exported_metrics(source: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for kind in ["counter!(", "gauge!(", "histogram!("] {
         for (at, _) in source.match_indices(kind) {
@@ -173,7 +173,7 @@ fn rust_sources(dir: &std::path::Path, into: &mut String) {
 }
 
 /// The Rust sources of every crate's `src/` in the workspace.
-fn workspace_sources() -> String {
+pub(crate) fn workspace_sources() -> String {
     let mut source = String::new();
     for entry in std::fs::read_dir(repo::root())
         .expect("the workspace root")

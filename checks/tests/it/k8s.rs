@@ -1,7 +1,8 @@
 //! The Kubernetes example (`deploy/k8s`). Its schemas are the validators'
 //! business: kubernetes-validate (strict, two pinned Kubernetes versions)
-//! for the Kubernetes resources, check-jsonschema against KEDA 2.16's CRD
-//! schemas for the KEDA ones, both installed by `make tools`. What no schema
+//! for the Kubernetes resources, check-jsonschema against the CRD schemas
+//! of KEDA 2.16 and the Prometheus Operator 0.80 for their resources, all
+//! installed by `make tools`. What no schema
 //! knows is checked here: every `LIKES__*` variable a pod gets names a
 //! setting, and the secret ones come from a Secret only; each container
 //! runs a binary the Dockerfile builds, from the image of the workspace's
@@ -27,7 +28,8 @@ const SECRET_SETTINGS: [&str; 3] = [
     "LIKES__API__AUTH_TOKEN",
 ];
 
-/// The example's YAML files: the Kubernetes ones, and KEDA's.
+/// The example's YAML files: the Kubernetes ones, and the custom resources
+/// (KEDA's, the Prometheus Operator's).
 fn files() -> (Vec<String>, Vec<String>) {
     let list = |dir: &str| -> Vec<String> {
         let mut files: Vec<String> = std::fs::read_dir(repo::root().join(dir))
@@ -40,7 +42,9 @@ fn files() -> (Vec<String>, Vec<String>) {
         files.sort();
         files
     };
-    (list("deploy/k8s"), list("deploy/k8s/keda"))
+    let mut custom = list("deploy/k8s/keda");
+    custom.extend(list("deploy/k8s/monitoring"));
+    (list("deploy/k8s"), custom)
 }
 
 fn documents(text: &str) -> Vec<Value> {
@@ -64,8 +68,8 @@ fn run(command: &mut Command) -> Result<(), String> {
 
 #[test]
 #[ignore = "needs kubernetes-validate and check-jsonschema from `make tools`; `make test` runs it"]
-fn k8s_manifests_follow_the_kubernetes_and_keda_schemas() {
-    let (native, keda) = files();
+fn k8s_manifests_follow_the_kubernetes_and_crd_schemas() {
+    let (native, custom) = files();
     let mut validate = Command::new(tools::require("kubernetes-validate"));
     validate.arg("--strict");
     for version in KUBERNETES_VERSIONS {
@@ -75,10 +79,10 @@ fn k8s_manifests_follow_the_kubernetes_and_keda_schemas() {
     if let Err(report) = run(&mut validate) {
         panic!("{report}");
     }
-    // check-jsonschema reads one document a file: each KEDA resource is
+    // check-jsonschema reads one document a file: each custom resource is
     // written apart, as JSON, and checked against its kind's schema.
     let scratch = tempfile::tempdir().expect("a temporary directory");
-    for (i, doc) in keda
+    for (i, doc) in custom
         .iter()
         .flat_map(|file| documents(&repo::read(file)))
         .enumerate()
@@ -87,7 +91,7 @@ fn k8s_manifests_follow_the_kubernetes_and_keda_schemas() {
         let path = scratch.path().join(format!("{i}-{kind}.json"));
         std::fs::write(&path, serde_json::to_string(&doc).expect("JSON values"))
             .expect("a writable temporary directory");
-        let schema = tools::dir().join(format!("keda-2.16/{kind}.json"));
+        let schema = tools::dir().join(format!("crds/{kind}.json"));
         let mut check = Command::new(tools::require("check-jsonschema"));
         check.arg("--schemafile").arg(&schema).arg(&path);
         if let Err(report) = run(&mut check) {

@@ -1,8 +1,10 @@
 //! The repository checked against itself: the compose files, the
-//! Kubernetes example, the docs and the dashboard agree with the code and
+//! Kubernetes example, the alert rules, the docs and the dashboard agree
+//! with the code and
 //! the committed defaults, the service config in the docs is usable, and the
 //! workspace's `rust-version` is what its dependencies need.
 
+mod alerts;
 mod compose;
 mod docs;
 mod k8s;

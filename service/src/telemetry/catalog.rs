@@ -294,6 +294,14 @@ pub const METRICS: &[Metric] = &[
         "PostgreSQL pool connections, by state: idle or in_use.",
     ),
     metric(
+        "likes_db_circuit_open",
+        Both,
+        &["server"],
+        Gauge,
+        None,
+        "1 while the pool to a PostgreSQL server (host:port) fails checkouts at once because connecting failed moments ago, else 0.",
+    ),
+    metric(
         "likes_db_reads_total",
         Api,
         &["target"],
