@@ -3,6 +3,7 @@
 //! Callers without them get UNAUTHENTICATED; the token is never logged.
 
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tonic::{Request, Status, service::Interceptor};
 
 /// The credentials a call must carry; requires nothing when built `open`.
@@ -36,7 +37,8 @@ impl Interceptor for Auth {
                 .get("authorization")
                 .map(|v| v.as_bytes())
                 .unwrap_or_default();
-            if !constant_time_eq(given, expected) {
+            // Constant time, so timing does not reveal a matching prefix.
+            if !bool::from(given.ct_eq(expected)) {
                 return Err(Status::unauthenticated(
                     "missing or wrong bearer token (metadata \"authorization: Bearer <token>\")",
                 ));
@@ -47,11 +49,6 @@ impl Interceptor for Auth {
         }
         Ok(request)
     }
-}
-
-/// Compares without returning early, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod connections;
 pub mod counts;
 pub mod deadline;
 pub mod error;
@@ -191,9 +192,16 @@ impl Application {
                 tracing::info!("likes-api stopping: finishing calls in flight");
             }
         };
+        let lifetime = connections::Lifetime::of(&self.settings);
         let mut server = tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_keepalive_interval(lifetime.keepalive_interval)
+            .http2_keepalive_timeout(Some(lifetime.keepalive_timeout));
+        if let Some(age) = lifetime.max_age {
+            // The grace is the socket's (connections::Aged), not tonic's.
+            server = server.max_connection_age(age);
+        }
         if let Some(tls) = self.tls {
             server = server.tls_config(tls).context("configuring TLS")?;
         }
@@ -211,7 +219,7 @@ impl Application {
                 LikeServiceServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES),
                 auth,
             ))
-            .serve_with_incoming_shutdown(incoming(self.listener), stopping)
+            .serve_with_incoming_shutdown(lifetime.bound(incoming(self.listener)), stopping)
             .await
             .context("serving gRPC")?;
         self.publisher_stop.cancel();

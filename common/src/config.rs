@@ -104,6 +104,14 @@ pub struct ApiSettings {
     pub watch_min_interval_ms: NonZeroU64,
     /// WatchLikeCounts streams served at once; past it, RESOURCE_EXHAUSTED.
     pub max_watch_streams: usize,
+    /// A client connection gets GOAWAY this long after it opened (0: never).
+    pub max_connection_age_ms: u64,
+    /// ... and is closed this long after that if still open.
+    pub max_connection_age_grace_ms: u64,
+    /// HTTP/2 keepalive pings to clients this often (0: none) ...
+    pub keepalive_interval_ms: u64,
+    /// ... and a connection whose ping goes unanswered this long is closed.
+    pub keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

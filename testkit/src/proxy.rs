@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -26,6 +26,8 @@ pub struct FaultProxy {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
+    /// Connections accepted and forwarded so far.
+    accepted: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -47,13 +49,25 @@ impl FaultProxy {
             generation: CancellationToken::new(),
         }));
         let stop = CancellationToken::new();
+        let accepted = Arc::new(AtomicU64::new(0));
         tokio::spawn(accept_loop(
             listener,
             upstream,
             Arc::clone(&state),
             stop.clone(),
+            Arc::clone(&accepted),
         ));
-        Ok(Self { addr, state, stop })
+        Ok(Self {
+            addr,
+            state,
+            stop,
+            accepted,
+        })
+    }
+
+    /// How many connections it has accepted and forwarded.
+    pub fn connections(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// The address services should connect to.
@@ -96,6 +110,7 @@ async fn accept_loop(
     upstream: SocketAddr,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
+    accepted_count: Arc<AtomicU64>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -117,6 +132,7 @@ async fn accept_loop(
             drop(client);
             continue;
         }
+        accepted_count.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let Ok(server) = TcpStream::connect(upstream).await else {
                 return;

@@ -5,7 +5,9 @@
 //! process's memory, and the default metrics ports are the machine's.
 
 mod blocked;
+mod circuit;
 mod cli;
+mod connections;
 mod deadlines;
 mod floods;
 mod health;
