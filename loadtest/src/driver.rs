@@ -41,20 +41,31 @@ pub enum Sink {
 }
 
 /// Load-test clients of the api at `addr` (`host:port`, or a URI such as
-/// `http://host:port`), each on an HTTP/2 connection of its own.
+/// `http://host:port`), each on a plaintext HTTP/2 connection of its own.
 pub async fn connect(
     addr: &str,
     connections: usize,
 ) -> anyhow::Result<Vec<LikeServiceClient<http2::Connection>>> {
+    connect_with(addr, connections, &http2::Access::default()).await
+}
+
+/// [`connect`], as `access` says: over TLS (then `addr` may say
+/// `https://`), with a bearer token.
+pub async fn connect_with(
+    addr: &str,
+    connections: usize,
+    access: &http2::Access,
+) -> anyhow::Result<Vec<LikeServiceClient<http2::Connection>>> {
+    let scheme = if access.is_tls() { "https" } else { "http" };
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     };
     let origin: Uri = uri.parse()?;
     anyhow::ensure!(
-        origin.scheme_str() == Some("http"),
-        "the load generator speaks plaintext HTTP/2 only, not {uri}"
+        origin.scheme_str() == Some(scheme),
+        "{uri}: the load generator speaks {scheme} here (TLS with https:// or --ca-file)"
     );
     let authority = origin
         .authority()
@@ -62,7 +73,7 @@ pub async fn connect(
         .to_string();
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        let connection = http2::Connection::open(&authority)
+        let connection = http2::Connection::open(&authority, access)
             .await
             .map_err(|e| anyhow::anyhow!("cannot connect to the api at {uri}: {e}"))?;
         clients.push(LikeServiceClient::with_origin(connection, origin.clone()));
@@ -71,9 +82,14 @@ pub async fn connect(
 }
 
 impl Sink {
-    /// The api at `addr` over `connections` HTTP/2 connections ([`connect`]).
-    pub async fn grpc(addr: &str, connections: usize) -> anyhow::Result<Self> {
-        Ok(Self::Grpc(connect(addr, connections).await?))
+    /// The api at `addr` over `connections` HTTP/2 connections
+    /// ([`connect_with`]).
+    pub async fn grpc(
+        addr: &str,
+        connections: usize,
+        access: &http2::Access,
+    ) -> anyhow::Result<Self> {
+        Ok(Self::Grpc(connect_with(addr, connections, access).await?))
     }
 
     async fn send(&self, sender: usize, names: &Names, call: &Call) -> Result<(), String> {

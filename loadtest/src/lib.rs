@@ -159,7 +159,12 @@ async fn in_process(
     let worker = env.spawn_worker().await.context("starting the worker")?;
     let system = System {
         label: "pipeline",
-        sink: Sink::grpc(&api.addr.to_string(), options.connections()).await?,
+        sink: Sink::grpc(
+            &api.addr.to_string(),
+            options.connections(),
+            &Default::default(),
+        )
+        .await?,
         database: env.settings.database.url.clone(),
         persisted: PersistedSource::Worker(Arc::clone(&worker.stats)),
         queue: Some(QueueProbe::new(&env.settings.amqp)),
@@ -194,7 +199,7 @@ async fn against(
     }
     let system = System {
         label: "pipeline",
-        sink: Sink::grpc(target, options.connections()).await?,
+        sink: Sink::grpc(target, options.connections(), &options.access()?).await?,
         database,
         persisted: PersistedSource::Counters,
         queue: Some(QueueProbe::new(&amqp)),

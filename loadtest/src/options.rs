@@ -65,9 +65,27 @@ pub struct Options {
     #[arg(long, value_name = "MS", conflicts_with = "target")]
     pub batch_max_wait_ms: Option<u64>,
 
-    /// Use a running api instead of starting one (and a worker) in-process.
+    /// Use a running api instead of starting one (and a worker) in-process;
+    /// `https://HOST:PORT` for an api that serves TLS.
     #[arg(long, value_name = "HOST:PORT")]
     pub target: Option<String>,
+
+    /// PEM file of the CAs that sign the --target api's certificate (TLS,
+    /// even without https://); default with https://: the system's roots.
+    #[arg(long, value_name = "FILE", requires = "target")]
+    pub ca_file: Option<std::path::PathBuf>,
+
+    /// Bearer token every call to the --target api carries
+    /// (`api.auth_token`); better given in the environment than on the
+    /// command line.
+    #[arg(
+        long,
+        env = "LIKES_LOADTEST_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        requires = "target"
+    )]
+    pub token: Option<String>,
 
     /// Database the --target api's workers write to, for verification.
     /// Default: the configured database.url.
@@ -130,6 +148,20 @@ impl Options {
     }
 
     /// The HTTP/2 connections the load is spread over.
+    /// How the --target api is reached: TLS with https:// or a CA file,
+    /// and the token.
+    pub fn access(&self) -> anyhow::Result<crate::http2::Access> {
+        let https = self
+            .target
+            .as_deref()
+            .is_some_and(|t| t.starts_with("https://"));
+        crate::http2::Access::new(
+            https || self.ca_file.is_some(),
+            self.ca_file.as_deref(),
+            self.token.as_deref(),
+        )
+    }
+
     pub fn connections(&self) -> usize {
         self.concurrency.div_ceil(self.per_connection) as usize
     }

@@ -267,7 +267,7 @@ pub async fn measure_grpc(options: &GrpcOptions) -> anyhow::Result<Ceiling> {
         };
         let names = Names::random();
         let ledger = Arc::new(Mutex::new(Ledger::new(workload)));
-        let sink = Sink::grpc(&echo.addr.to_string(), connections).await?;
+        let sink = Sink::grpc(&echo.addr.to_string(), connections, &Default::default()).await?;
         let load = driver::drive(
             sink,
             Arc::clone(&ledger),

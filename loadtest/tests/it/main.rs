@@ -198,6 +198,56 @@ async fn a_running_api_is_driven_and_verified_through_its_database() -> anyhow::
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_api_with_tls_and_a_token_is_driven_with_its_ca_and_token() -> anyhow::Result<()>
+{
+    let pki = likes_testkit::tls_proxy::TestPki::generate(&["127.0.0.1"])?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert, &pki.server_cert_pem)?;
+    std::fs::write(&key, &pki.server_key_pem)?;
+    let mut env = likes_testkit::TestEnv::new();
+    env.settings.api.tls_cert_file = cert.to_string_lossy().into_owned();
+    env.settings.api.tls_key_file = key.to_string_lossy().into_owned();
+    env.settings.api.auth_token = likes_common::config::Secret::new("s3cret".to_owned());
+    let addr = likes_testkit::RunningApi::spawn_tls(&env.settings).await?;
+    let _worker = env.spawn_worker().await?;
+    let target = format!("https://{addr}");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--likes",
+            "200",
+            "--target",
+            &target,
+            "--database-url",
+            env.settings.database.url.expose(),
+            "--queue",
+            &env.settings.amqp.queue,
+        ];
+        args.extend_from_slice(extra);
+        options(&args)
+    };
+
+    let report = likes_loadtest::run(
+        &run(&["--ca-file", &pki.ca_file, "--token", "s3cret"]),
+        ProgressView::Hidden,
+    )
+    .await?;
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.pipeline.acknowledged, 200, "{report}");
+
+    // Without the token every call fails; without the CA none connects.
+    let report = likes_loadtest::run(
+        &run(&["--ca-file", &pki.ca_file, "--token", "wrong"]),
+        ProgressView::Hidden,
+    )
+    .await?;
+    assert_eq!(report.pipeline.acknowledged, 0, "{report}");
+    let untrusted = likes_loadtest::run(&run(&[]), ProgressView::Hidden).await;
+    assert!(untrusted.is_err(), "connected without trusting the CA");
+    Ok(())
+}
+
 #[test]
 fn the_in_process_load_test_reads_its_settings_from_the_environment() -> anyhow::Result<()> {
     // Nothing listens on port 1: a load test that honours LIKES__DATABASE__URL
