@@ -154,6 +154,9 @@ async fn in_process(
     if let Some(wait) = options.batch_max_wait_ms {
         env.settings.worker.batch_max_wait_ms = wait;
     }
+    // The generator's connections do not reconnect after a GOAWAY (see
+    // `http2`), and a long run would outlive the api's connection age.
+    env.settings.api.max_connection_age_ms = 0;
     env.settings.validate()?;
     let api = env.spawn_api().await.context("starting the api")?;
     let worker = env.spawn_worker().await.context("starting the worker")?;
