@@ -10,6 +10,7 @@
 //! [`ConfigError::Unknown`], naming it and the nearest setting.
 
 mod keys;
+mod otel_env;
 mod secret;
 
 pub use keys::{SettingSource, UnknownSetting};
@@ -177,7 +178,8 @@ pub struct WorkerSettings {
 }
 
 impl Settings {
-    /// Defaults, then the file named by `LIKES_CONFIG` (if set), then `LIKES__*`
+    /// Defaults, then OpenTelemetry's `OTEL_*` variables (see `otel_env`),
+    /// then the file named by `LIKES_CONFIG` (if set), then `LIKES__*`
     /// environment variables. For the binaries' `main`.
     pub fn load() -> Result<Self, ConfigError> {
         let file = std::env::var_os("LIKES_CONFIG").map(PathBuf::from);
@@ -195,7 +197,16 @@ impl Settings {
         use ::config::Source as _;
         let known = keys::KnownKeys::of(&defaults_source().collect()?);
         let mut unknown = Vec::new();
-        let mut builder = ::config::Config::builder().add_source(defaults_source());
+        let var = |name: &str| match &env {
+            Some(map) => map.get(name).cloned(),
+            None => std::env::var(name).ok(),
+        };
+        let mut builder = ::config::Config::builder()
+            .add_source(defaults_source())
+            .add_source(::config::File::from_str(
+                &otel_env::settings(var)?,
+                ::config::FileFormat::Toml,
+            ));
         if let Some(path) = file {
             let source = ::config::File::from(path.clone());
             unknown.extend(known.unknown_in_file(&path, &source.collect()?));

@@ -36,10 +36,57 @@ pub fn init_with(format: LogFormat, default_filter: &str, traces: Option<&otel::
             .init(),
         LogFormat::Json => builder
             .json()
-            .flatten_event(true)
+            .event_format(WithTraceIds(fmt::format().json().flatten_event(true)))
             .finish()
             .with(traces.map(otel::Traces::layer))
             .init(),
+    }
+}
+
+/// A JSON event format that begins each line written inside a traced span
+/// with its `trace_id` and `span_id` (lowercase hex, as in W3C
+/// `traceparent`), so a log line leads to its trace.
+#[derive(Debug)]
+struct WithTraceIds<F>(F);
+
+impl<S, N, F> fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    F: fmt::FormatEvent<S, N>,
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &fmt::FmtContext<'_, S, N>,
+        mut writer: fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt as _;
+        let traced = otel::enabled()
+            .then(|| ctx.lookup_current())
+            .flatten()
+            .and_then(|span| {
+                tracing::dispatcher::get_default(|dispatch| {
+                    tracing_opentelemetry::get_otel_context(&span.id(), dispatch)
+                })
+            })
+            .map(|context| context.span().span_context().clone())
+            .filter(opentelemetry::trace::SpanContext::is_valid);
+        let Some(ids) = traced else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.0
+            .format_event(ctx, fmt::format::Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{}\",\"span_id\":\"{}\",{rest}",
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            None => writer.write_str(&line),
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub struct ReceivedSpan {
     pub links: Vec<(String, String)>,
     /// String, integer and boolean attributes, rendered as strings.
     pub attributes: Vec<(String, String)>,
+    /// The attributes of the resource that sent it (`service.version` …).
+    pub resource: Vec<(String, String)>,
 }
 
 impl ReceivedSpan {
@@ -133,12 +135,16 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut received = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
+            let resource: Vec<(String, String)> = resource_spans
                 .resource
                 .iter()
                 .flat_map(|resource| &resource.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| render(kv.value.as_ref()))
+                .filter_map(attribute)
+                .collect();
+            let service = resource
+                .iter()
+                .find(|(key, _)| key == "service.name")
+                .map(|(_, value)| value.clone())
                 .unwrap_or_default();
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
@@ -154,6 +160,7 @@ impl TraceService for Collector {
                             .map(|link| (hex(&link.trace_id), hex(&link.span_id)))
                             .collect(),
                         attributes: span.attributes.iter().filter_map(attribute).collect(),
+                        resource: resource.clone(),
                     });
                 }
             }

@@ -32,7 +32,13 @@ impl ServiceProcess {
     /// Like [`Self::spawn`], keeping what the process logs (stderr) for
     /// [`Self::logs`]; the lines are passed on to this process's stderr.
     pub fn spawn_logged(binary: &Path, settings: &Settings) -> anyhow::Result<Self> {
-        let mut child = command(binary, settings).stderr(Stdio::piped()).spawn()?;
+        Self::spawn_logged_command(command(binary, settings))
+    }
+
+    /// [`Self::spawn_logged`] of a [`command`] the caller added to (other
+    /// variables, say).
+    pub fn spawn_logged_command(mut command: Command) -> anyhow::Result<Self> {
+        let mut child = command.stderr(Stdio::piped()).spawn()?;
         let pipe = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new(Mutex::new(String::new()));
         let sink = Arc::clone(&logs);
@@ -241,4 +247,14 @@ pub fn rss(pid: u32) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/{pid}/status"))?
         .parse()?;
     Ok(kib * 1024)
+}
+
+/// Whether `pid` is a live process (a zombie is not).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // pid (comm) state …: the state follows the last ')'.
+        stat.rsplit(')')
+            .next()
+            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+    })
 }

@@ -11,6 +11,7 @@ mod connections;
 mod deadlines;
 mod floods;
 mod health;
+mod otel_env;
 mod processes;
 mod slow_watchers;
 

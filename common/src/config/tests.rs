@@ -333,3 +333,30 @@ fn the_shown_settings_mask_secrets_and_load_back_as_a_file() {
         keys_of(defaults_source())
     );
 }
+
+#[test]
+fn otel_variables_set_tracing_and_likes_variables_win() {
+    let load = |vars: &[(&str, &str)]| {
+        let env = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load_from(None, Some(env))
+    };
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+    ];
+    let s = load(&otel).expect("valid");
+    assert_eq!(s.telemetry.otlp_endpoint, "http://collector:4317");
+    assert!((s.telemetry.sample_ratio - 0.1).abs() < 1e-9);
+    let mut both = otel.to_vec();
+    both.push(("LIKES__TELEMETRY__OTLP_ENDPOINT", "http://mine:4317"));
+    both.push(("LIKES__TELEMETRY__SAMPLE_RATIO", "0.5"));
+    let s = load(&both).expect("valid");
+    assert_eq!(s.telemetry.otlp_endpoint, "http://mine:4317");
+    assert!((s.telemetry.sample_ratio - 0.5).abs() < 1e-9);
+    let error = load(&[("OTEL_TRACES_SAMPLER", "xray")]).expect_err("not followed");
+    assert!(error.to_string().contains("OTEL_TRACES_SAMPLER"), "{error}");
+}

@@ -87,6 +87,23 @@ pub struct Traces {
     provider: SdkTracerProvider,
 }
 
+/// The resource spans are reported under: `service.name` from
+/// `OTEL_SERVICE_NAME` or else `service`, `service.version` of this build,
+/// and whatever `OTEL_RESOURCE_ATTRIBUTES` adds (the SDK's detectors read
+/// both variables).
+fn resource(service: &'static str) -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.trim().is_empty());
+    let builder = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.version",
+        env!("CARGO_PKG_VERSION"),
+    ));
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name(service).build()
+    }
+}
+
 impl Traces {
     /// The pipeline for `service` (`likes-api`, `likes-worker`), exporting to
     /// `telemetry.otlp_endpoint` over OTLP/gRPC, tracing `sample_ratio` of the
@@ -128,7 +145,7 @@ impl Traces {
             .with_batch_exporter(exporter)
             .with_sampler(Sampler::ParentBased(Box::new(sampler)))
             .with_max_links_per_span(MAX_LINKS as u32)
-            .with_resource(Resource::builder().with_service_name(service).build())
+            .with_resource(resource(service))
             .build();
         Self { provider }
     }
