@@ -2,6 +2,7 @@
 //! running and no directory behind. This binary, run again with
 //! [`HELPER_VAR`] set, plays the test process that gets killed.
 
+use likes_testkit::process::alive;
 use likes_testkit::{cluster::Cluster, eventually};
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -69,14 +70,4 @@ pub async fn a_killed_test_process_leaves_no_node_behind() -> anyhow::Result<()>
         },
     )
     .await
-}
-
-/// Whether `pid` is a live process (a zombie is not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // pid (comm) state …: the state follows the last ')'.
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
 }
