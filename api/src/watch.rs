@@ -79,9 +79,19 @@ impl Watch {
                 () = out.closed() => break,
                 update = updates.recv() => match update {
                     Ok(CountUpdate::Changed(changes)) => {
-                        for (post, count) in changes.iter() {
-                            if watched.contains(post.as_str()) {
-                                pending.insert(post.clone(), *count);
+                        // Every stream hears every batch: the cost per
+                        // stream is the smaller of its posts and the batch's.
+                        if watched.len() <= changes.len() {
+                            for post in &watched {
+                                if let Some(count) = changes.get(*post) {
+                                    pending.insert((*post).to_owned(), *count);
+                                }
+                            }
+                        } else {
+                            for (post, count) in changes.iter() {
+                                if watched.contains(post.as_str()) {
+                                    pending.insert(post.clone(), *count);
+                                }
                             }
                         }
                     }
