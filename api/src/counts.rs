@@ -42,9 +42,8 @@ struct Cached {
 /// What the cache tells the streams that watch counts.
 #[derive(Debug, Clone)]
 pub enum CountUpdate {
-    /// Pushed counts it applied, by post: a stream looks up its own posts
-    /// (often one) rather than reading the whole batch's changes.
-    Changed(Arc<HashMap<String, i64>>),
+    /// Pushed counts it applied: (post, count).
+    Changed(Arc<[(String, i64)]>),
     /// It may have missed changes (it resubscribed): read every count again.
     Resync,
 }
@@ -271,7 +270,7 @@ impl CountCache {
     /// Applies pushed changes: each replaces its post's count unless the
     /// cache holds one as new or newer.
     pub async fn apply(&self, changes: Vec<CountChange>) {
-        let mut applied = HashMap::new();
+        let mut applied = Vec::new();
         for change in changes {
             let pushed = VersionedCount {
                 count: change.count,
@@ -298,14 +297,14 @@ impl CountCache {
                 }
                 _ => {
                     self.metrics.applied.increment(1);
-                    applied.insert(change.post_id, pushed.count);
+                    applied.push((change.post_id, pushed.count));
                 }
             }
         }
         self.metrics.entries.set(self.cache.entry_count() as f64);
         if !applied.is_empty() {
             // No watcher, no receiver: nothing to tell.
-            let _ = self.updates.send(CountUpdate::Changed(Arc::new(applied)));
+            let _ = self.updates.send(CountUpdate::Changed(applied.into()));
         }
     }
 

@@ -79,19 +79,9 @@ impl Watch {
                 () = out.closed() => break,
                 update = updates.recv() => match update {
                     Ok(CountUpdate::Changed(changes)) => {
-                        // Every stream hears every batch: the cost per
-                        // stream is the smaller of its posts and the batch's.
-                        if watched.len() <= changes.len() {
-                            for post in &watched {
-                                if let Some(count) = changes.get(*post) {
-                                    pending.insert((*post).to_owned(), *count);
-                                }
-                            }
-                        } else {
-                            for (post, count) in changes.iter() {
-                                if watched.contains(post.as_str()) {
-                                    pending.insert(post.clone(), *count);
-                                }
+                        for (post, count) in changes.iter() {
+                            if watched.contains(post.as_str()) {
+                                pending.insert(post.clone(), *count);
                             }
                         }
                     }
