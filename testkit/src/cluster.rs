@@ -639,19 +639,26 @@ impl Cluster {
     }
 
     fn spawn_watchdog(&self) -> anyhow::Result<Child> {
-        Command::new("sh")
-            .args(["-c", WATCHDOG, "likes-cluster-watchdog"])
-            .arg(std::process::id().to_string())
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C that stops the tests does
-            // not stop the cleanup.
-            .process_group(0)
-            .spawn()
-            .context("starting the cluster watchdog")
+        spawn_watchdog(WATCHDOG, "likes-cluster-watchdog", &self.dir)
     }
+}
+
+/// Starts `script` (sh) as `name` with this process's pid and `dir`: it
+/// waits for this process to end, however it ends, then stops what runs
+/// from `dir` and removes it.
+pub(crate) fn spawn_watchdog(script: &str, name: &str, dir: &Path) -> anyhow::Result<Child> {
+    Command::new("sh")
+        .args(["-c", script, name])
+        .arg(std::process::id().to_string())
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        // Its own process group: a Ctrl-C that stops the tests does not
+        // stop the cleanup.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))
 }
 
 impl Drop for Cluster {

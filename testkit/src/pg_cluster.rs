@@ -342,18 +342,7 @@ impl PgCluster {
     }
 
     fn spawn_watchdog(&self) -> anyhow::Result<Child> {
-        Command::new("sh")
-            .args(["-c", WATCHDOG, "likes-pg-watchdog"])
-            .arg(std::process::id().to_string())
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C that stops the tests does
-            // not stop the cleanup.
-            .process_group(0)
-            .spawn()
-            .context("starting the PostgreSQL cluster watchdog")
+        crate::cluster::spawn_watchdog(WATCHDOG, "likes-pg-watchdog", &self.dir)
     }
 }
 
