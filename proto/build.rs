@@ -18,6 +18,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(false)
-        .compile_with_config(config, &["proto/likes/events/v1/counts.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &[
+                "proto/likes/events/v1/counts.proto",
+                "proto/likes/events/v1/events.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

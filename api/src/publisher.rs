@@ -23,7 +23,7 @@ mod packer;
 
 use futures_util::{FutureExt, StreamExt, future::BoxFuture};
 use likes_common::config::{AmqpSettings, ApiSettings};
-use likes_proto::pb::LikeEvent;
+use likes_proto::events::LikeEvent;
 use likes_queue::{
     Channel, Connection, ConnectionEvent, PublishError, backoff::Reconnect, codec,
     publish_confirmed,

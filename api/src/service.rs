@@ -4,12 +4,12 @@ use crate::{counts::CountCache, error::ApiError, pages, publisher::Publisher, va
 use likes_common::config::ApiSettings;
 use likes_common::ids::{PostId, UserId};
 use likes_db::{ReadPools, repository};
+use likes_proto::events::{LikeEvent, like_event::Action};
 use likes_proto::pb::{
     GetLikeCountRequest, GetLikeCountResponse, GetLikeCountsRequest, GetLikeCountsResponse,
     GetLikeSummariesRequest, GetLikeSummariesResponse, HasLikedRequest, HasLikedResponse,
-    LikeEvent, LikeRequest, LikeResponse, LikeSummary, Liker, ListLikersRequest,
-    ListLikersResponse, UnlikeRequest, UnlikeResponse, WatchLikeCountsRequest, like_event::Action,
-    like_service_server::LikeService,
+    LikeRequest, LikeResponse, LikeSummary, Liker, ListLikersRequest, ListLikersResponse,
+    UnlikeRequest, UnlikeResponse, WatchLikeCountsRequest, like_service_server::LikeService,
 };
 use std::sync::Arc;
 use std::{collections::HashSet, time::Duration};

@@ -1,10 +1,12 @@
-//! The gRPC and queue contract of the likes service, generated from
-//! `proto/likes/v1/likes.proto` at build time.
+//! The gRPC and queue contract of the likes service, generated at build time.
 //!
-//! `pb` holds the messages, the `LikeService` server and client, and the
-//! `LikeEvent` / `LikeEventBatch` messages that travel through RabbitMQ (their
-//! wire format on the queue is `likes-queue`'s codec). [`FILE_DESCRIPTOR_SET`] is what
-//! server reflection serves, so grpcurl works without the .proto file.
+//! `pb` is the public API (`proto/likes/v1/likes.proto`): its messages and
+//! the `LikeService` server and client. `events` holds what the service's
+//! processes tell each other: the `LikeEvent` / `LikeEventBatch` messages
+//! that travel through RabbitMQ (their wire format on the queue is
+//! `likes-queue`'s codec) and the count changes workers push.
+//! [`FILE_DESCRIPTOR_SET`] is what server reflection serves (the public API
+//! only), so grpcurl works without the .proto file.
 
 pub mod codec;
 
@@ -15,7 +17,8 @@ pub mod pb {
 }
 
 /// Generated code for package `likes.events.v1`: what the service's own
-/// processes tell each other (the count changes workers push to the apis).
+/// processes tell each other (the events on the queue, the count changes
+/// workers push to the apis).
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod events {
     tonic::include_proto!("likes.events.v1");

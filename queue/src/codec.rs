@@ -2,8 +2,13 @@
 //!
 //! | kind | content type | body | message id |
 //! |---|---|---|---|
-//! | one event | `application/x-protobuf` (or none) | `likes.v1.LikeEvent` | the event id |
-//! | envelope | `application/x-protobuf; proto=likes.v1.LikeEventBatch` | `likes.v1.LikeEventBatch` | the envelope's own UUIDv7 |
+//! | one event | `application/x-protobuf` (or none) | `likes.events.v1.LikeEvent` | the event id |
+//! | envelope | `application/x-protobuf; proto=likes.events.v1.LikeEventBatch` | `likes.events.v1.LikeEventBatch` | the envelope's own UUIDv7 |
+//!
+//! Until 0.2.0 the messages were `likes.v1.LikeEvent` and
+//! `likes.v1.LikeEventBatch`, with the same fields: an envelope marked with
+//! the old name ([`LEGACY_ENVELOPE_CONTENT_TYPE`]) is still read as one, so
+//! messages in flight during an upgrade are written like any other.
 //!
 //! The api publishes envelopes: every event waiting while its previous
 //! message awaited a confirm goes into the next one. Single events come from
@@ -25,13 +30,18 @@ use lapin::{
     BasicProperties,
     types::{AMQPValue, FieldTable},
 };
-use likes_proto::pb::{LikeEvent, LikeEventBatch};
+use likes_proto::events::{LikeEvent, LikeEventBatch};
 use prost::Message;
 
 /// Content type of a message holding one `LikeEvent`.
 pub const EVENT_CONTENT_TYPE: &str = "application/x-protobuf";
 /// Content type of a message holding a `LikeEventBatch` envelope.
-pub const ENVELOPE_CONTENT_TYPE: &str = "application/x-protobuf; proto=likes.v1.LikeEventBatch";
+pub const ENVELOPE_CONTENT_TYPE: &str =
+    "application/x-protobuf; proto=likes.events.v1.LikeEventBatch";
+/// Content type of an envelope published before 0.2.0, when the message
+/// lived in the public `likes.v1` package.
+pub const LEGACY_ENVELOPE_CONTENT_TYPE: &str =
+    "application/x-protobuf; proto=likes.v1.LikeEventBatch";
 
 /// Header on every dead letter: why it can never be written.
 pub const REASON_HEADER: &str = "x-likes-error";
@@ -91,7 +101,12 @@ impl Kind {
     /// The kind a message says it is, by its content type.
     pub fn of(properties: &BasicProperties) -> Self {
         match properties.content_type() {
-            Some(content_type) if content_type.as_str() == ENVELOPE_CONTENT_TYPE => Self::Envelope,
+            Some(content_type)
+                if [ENVELOPE_CONTENT_TYPE, LEGACY_ENVELOPE_CONTENT_TYPE]
+                    .contains(&content_type.as_str()) =>
+            {
+                Self::Envelope
+            }
             _ => Self::Event,
         }
     }
@@ -179,6 +194,17 @@ mod tests {
             "the same bytes prost writes for the message"
         );
         let decoded = decode(&envelope_properties("e"), &body).expect("decodes");
+        assert_eq!(decoded.kind, Kind::Envelope);
+        assert_eq!(decoded.events, events);
+    }
+
+    #[test]
+    fn an_envelope_marked_with_the_old_type_name_is_read_as_one() {
+        let events: Vec<_> = (0..3).map(event).collect();
+        let legacy = BasicProperties::default()
+            .with_content_type(LEGACY_ENVELOPE_CONTENT_TYPE.into())
+            .with_message_id("e".into());
+        let decoded = decode(&legacy, &encode_envelope(&events)).expect("decodes");
         assert_eq!(decoded.kind, Kind::Envelope);
         assert_eq!(decoded.events, events);
     }

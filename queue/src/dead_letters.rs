@@ -26,7 +26,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use likes_common::config::AmqpSettings;
-use likes_proto::pb::{LikeEvent, like_event};
+use likes_proto::events::{LikeEvent, like_event};
 use prost::Message;
 
 /// Copies a whole message taken from `queue` to the dead-letter queue, with

@@ -26,7 +26,7 @@ pub use running::{RunningApi, RunningWorker};
 use anyhow::Context;
 use diesel_async::AsyncPgConnection;
 use likes_common::{Settings, config::SecretUrl};
-use likes_proto::pb::LikeEvent;
+use likes_proto::events::LikeEvent;
 use likes_queue::{BasicProperties, Channel, Connection, codec};
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::time::Instant;

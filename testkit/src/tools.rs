@@ -13,9 +13,9 @@ pub fn dir() -> PathBuf {
     )
 }
 
-/// Where the tools' programs are: the virtualenv's, and the ones unpacked
-/// from Debian's prometheus package.
-const BIN_DIRS: [&str; 2] = ["venv/bin", "prometheus/usr/bin"];
+/// Where the tools' programs are: the virtualenv's, the ones unpacked from
+/// Debian's prometheus package, and single programs (buf).
+const BIN_DIRS: [&str; 3] = ["venv/bin", "prometheus/usr/bin", "bin"];
 
 /// The tool program `name`. Tests that need one are marked `#[ignore]` with
 /// the reason, so a plain `cargo test` reports them ignored; `make test`

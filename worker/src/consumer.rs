@@ -32,7 +32,7 @@ use crate::{
 use futures_util::StreamExt;
 use likes_common::config::{AmqpSettings, Settings};
 use likes_db::LikeChange;
-use likes_proto::pb::LikeEvent;
+use likes_proto::events::LikeEvent;
 use likes_queue::{
     Channel, Consumer, Delivery, PublishError,
     codec::{self, Decoded, Kind},

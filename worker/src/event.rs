@@ -6,7 +6,7 @@
 
 use likes_common::ids::{self, IdError, PostId, UserId};
 use likes_db::{Action, LikeChange};
-use likes_proto::pb::{LikeEvent, like_event};
+use likes_proto::events::{LikeEvent, like_event};
 use uuid::Uuid;
 
 /// Why an event can never be written.

@@ -5,7 +5,7 @@
 
 use super::{Answer, Packing, Pending, PublishStats};
 use futures_util::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
-use likes_proto::pb::LikeEvent;
+use likes_proto::events::LikeEvent;
 use likes_queue::{PublishError, codec};
 use likes_service::telemetry::otel::{self, Context};
 use std::{collections::VecDeque, sync::Arc, time::Duration};

@@ -1,10 +1,11 @@
 //! The repository checked against itself: the compose files, the
-//! Kubernetes example, the alert rules, the docs and the dashboard agree
+//! Kubernetes example, the alert rules, the protobuf contract, the docs and the dashboard agree
 //! with the code and
 //! the committed defaults, the service config in the docs is usable, and the
 //! workspace's `rust-version` is what its dependencies need.
 
 mod alerts;
+mod buf;
 mod compose;
 mod docs;
 mod k8s;

@@ -13,7 +13,7 @@ use anyhow::Context;
 use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use likes_common::config::{AmqpSettings, QueueType};
-use likes_proto::pb::{LikeEvent, LikeEventBatch, like_event::Action};
+use likes_proto::events::{LikeEvent, LikeEventBatch, like_event::Action};
 use prost::Message;
 use std::{fmt, str::FromStr, time::Duration};
 use tokio::time::Instant;

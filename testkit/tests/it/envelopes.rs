@@ -4,8 +4,8 @@
 
 use crate::event;
 use diesel_async::RunQueryDsl;
-use likes_proto::pb::like_event::Action;
-use likes_queue::codec::{ENVELOPE_HEADER, EVENT_CONTENT_TYPE};
+use likes_proto::events::like_event::Action;
+use likes_queue::codec::{self, ENVELOPE_HEADER, EVENT_CONTENT_TYPE, LEGACY_ENVELOPE_CONTENT_TYPE};
 use likes_testkit::{
     TestEnv, eventually,
     load::{check_exactly, like_all, pairs},
@@ -111,6 +111,62 @@ async fn a_queue_of_single_events_and_envelopes_interleaved_drains_exactly() -> 
         .collect();
     let mut db = env.db().await?;
     verify::check_states(&mut db, &expected).await?;
+    assert_eq!(worker.stats.dead_lettered(), 0);
+    Ok(())
+}
+
+/// An upgrade from 0.1.0 with messages in flight: the queue still holds
+/// envelopes that the old api marked `likes.v1.LikeEventBatch` when the new
+/// api starts publishing `likes.events.v1.LikeEventBatch`; the new worker
+/// writes both, each event once.
+#[tokio::test(flavor = "multi_thread")]
+async fn envelopes_marked_with_the_old_type_name_are_written_beside_new_ones() -> anyhow::Result<()>
+{
+    const OLD: usize = 20;
+    const PER_ENVELOPE: usize = 25;
+    const NEW: usize = 300;
+    let env = TestEnv::new();
+    let (_conn, channel) = env.amqp().await?;
+    let mut expected = Vec::new();
+    for envelope in 0..OLD {
+        let events: Vec<_> = (0..PER_ENVELOPE)
+            .map(|i| {
+                let user = format!("old-{envelope}-{i}");
+                expected.push(("upgrade".to_owned(), user.clone()));
+                event(
+                    "upgrade",
+                    &user,
+                    Action::Like,
+                    (envelope * PER_ENVELOPE + i) as i64,
+                )
+            })
+            .collect();
+        let properties = codec::envelope_properties(&uuid::Uuid::now_v7().to_string())
+            .with_content_type(LEGACY_ENVELOPE_CONTENT_TYPE.into());
+        env.publish_with(&channel, &codec::encode_envelope(&events), properties)
+            .await?;
+    }
+    let api = env.spawn_api().await?;
+    let outcome = like_all(
+        std::slice::from_ref(&api.client),
+        pairs("upgrade-new", NEW, 3),
+        64,
+        Duration::from_secs(30),
+    )
+    .await?;
+    assert_eq!(outcome.acknowledged.len(), NEW);
+
+    let worker = env.spawn_worker().await?;
+    env.wait_for_stored_pairs(OLD * PER_ENVELOPE + NEW, Duration::from_secs(30))
+        .await?;
+    let expected: Vec<_> = expected
+        .into_iter()
+        .chain(outcome.acknowledged)
+        .map(|(post, user)| (post, user, Expectation::Liked))
+        .collect();
+    let mut db = env.db().await?;
+    verify::check_states(&mut db, &expected).await?;
+    assert_eq!(worker.stats.events(), (OLD * PER_ENVELOPE + NEW) as u64);
     assert_eq!(worker.stats.dead_lettered(), 0);
     Ok(())
 }

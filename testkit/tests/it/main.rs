@@ -16,7 +16,7 @@ mod shards;
 mod tls;
 mod validation;
 
-use likes_proto::pb::{LikeEvent, like_event::Action};
+use likes_proto::events::{LikeEvent, like_event::Action};
 use uuid::Uuid;
 
 /// Starts a worker on `env` and waits until post `p` counts `likes` and one

@@ -1,5 +1,5 @@
 use crate::event;
-use likes_proto::pb::like_event::Action;
+use likes_proto::events::like_event::Action;
 use likes_testkit::{TestEnv, eventually, verify};
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 use crate::event;
 use diesel_async::RunQueryDsl;
-use likes_proto::pb::like_event::Action;
+use likes_proto::events::like_event::Action;
 use likes_testkit::{TestEnv, verify};
 use std::time::Duration;
 

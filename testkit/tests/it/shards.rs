@@ -1,7 +1,7 @@
 //! Shards: more than one event queue, routed by post id.
 
 use crate::event;
-use likes_proto::pb::like_event::Action;
+use likes_proto::events::like_event::Action;
 use likes_testkit::{
     TestEnv,
     load::{check_exactly, like_all},

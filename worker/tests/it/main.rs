@@ -128,7 +128,7 @@ fn dlq(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn likes_dlq_lists_inspects_and_replays_dead_letters() -> anyhow::Result<()> {
     use diesel_async::RunQueryDsl;
-    use likes_proto::pb::{LikeEvent, like_event::Action};
+    use likes_proto::events::{LikeEvent, like_event::Action};
 
     let env = TestEnv::new();
     let mut db = env.db().await?;
