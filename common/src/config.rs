@@ -9,6 +9,7 @@
 //! or a `LIKES__*` variable that is no setting stops the start with
 //! [`ConfigError::Unknown`], naming it and the nearest setting.
 
+pub mod conninfo;
 mod keys;
 mod otel_env;
 mod secret;

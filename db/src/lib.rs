@@ -15,7 +15,7 @@ pub use error::DbError;
 pub use models::{Action, CountChange, LikeChange, VersionedCount, WriteOutcome};
 pub use pool::{
     MIGRATION_LOCK_KEY, PgPool, PooledConnection, checkout, connect, ensure_database,
-    maintenance_database_url, run_migrations, spawn_pool_gauges, split_database_url,
+    run_migrations, spawn_pool_gauges,
 };
 pub use replicas::ReadPools;
-pub use tls::establish;
+pub use tls::{Target, establish};

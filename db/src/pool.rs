@@ -182,7 +182,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
 /// connecting in the background: a server down now is not an error.
 pub fn build_unchecked(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     // Checked here, as `connect` checks the primary's by connecting.
-    crate::tls::ssl_mode(url).map_err(|e| DbError::Pool(e.to_string()))?;
+    crate::tls::Target::parse(url).map_err(|e| DbError::Pool(e.to_string()))?;
     let (builder, manager, circuit) = pool_parts(url, settings);
     Ok(PgPool {
         pool: builder.build_unchecked(manager),
@@ -231,22 +231,29 @@ struct Exists {
     datname: String,
 }
 
-/// Creates the database named in `url` unless it exists, connecting to the
-/// `postgres` maintenance database of the same server (with the same
-/// parameters, so the same TLS) to do so.
+/// Creates the database named in `url` (either form, see
+/// [`crate::tls::Target`]) unless it exists, connecting to the `postgres`
+/// maintenance database of the same server (with the same parameters, so the
+/// same TLS) to do so.
 pub async fn ensure_database(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
-    let (_, name) = split_database_url(url)?;
-    let maintenance = maintenance_database_url(url)?;
-    let mut conn = crate::tls::establish(&maintenance, tls_ca_file).await?;
+    let target = crate::tls::Target::parse(url)?;
+    let name = target
+        .dbname()
+        .ok_or_else(|| DbError::InvalidUrl {
+            url: likes_common::config::SecretUrl::new(url).to_string(),
+            reason: "no database name (dbname)",
+        })?
+        .to_owned();
+    let mut conn = target.with_dbname("postgres").connect(tls_ca_file).await?;
     let found = diesel::sql_query("SELECT datname FROM pg_database WHERE datname = $1")
-        .bind::<Text, _>(name)
+        .bind::<Text, _>(&name)
         .get_result::<Exists>(&mut conn)
         .await
         .optional()?;
     if found.is_some() {
         return Ok(());
     }
-    let create = format!("CREATE DATABASE {}", quote_identifier(name));
+    let create = format!("CREATE DATABASE {}", quote_identifier(&name));
     match diesel::sql_query(create).execute(&mut conn).await {
         Ok(_) => Ok(()),
         // Another process created it between our check and our CREATE: the
@@ -298,36 +305,6 @@ pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError>
     Ok(())
 }
 
-/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`): the
-/// server part (to reach its `postgres` maintenance database) and the
-/// database name, both slices of `url`.
-pub fn split_database_url(url: &str) -> Result<(&str, &str), DbError> {
-    let invalid = |reason| DbError::InvalidUrl {
-        url: likes_common::config::SecretUrl::new(url).to_string(),
-        reason,
-    };
-    let authority_start = url.find("://").ok_or_else(|| invalid("no scheme"))? + 3;
-    let slash = url[authority_start..]
-        .find('/')
-        .map(|i| authority_start + i)
-        .ok_or_else(|| invalid("no database name"))?;
-    let rest = &url[slash + 1..];
-    let name = rest.split(['?', '#']).next().unwrap_or_default();
-    if name.is_empty() {
-        return Err(invalid("no database name"));
-    }
-    Ok((&url[..slash], name))
-}
-
-/// `postgres://u@h:5432/likes?sslmode=require` →
-/// `postgres://u@h:5432/postgres?sslmode=require`: the maintenance database
-/// of the same server, reached with the same parameters (so the same TLS).
-pub fn maintenance_database_url(url: &str) -> Result<String, DbError> {
-    let (server_url, name) = split_database_url(url)?;
-    let params = &url[server_url.len() + 1 + name.len()..];
-    Ok(format!("{server_url}/postgres{params}"))
-}
-
 fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -335,30 +312,6 @@ fn quote_identifier(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_server_and_database_name() {
-        let (server, name) =
-            split_database_url("postgres://postgres@127.0.0.1:5432/likes?sslmode=disable")
-                .expect("valid url");
-        assert_eq!(server, "postgres://postgres@127.0.0.1:5432");
-        assert_eq!(name, "likes");
-        assert!(split_database_url("postgres://h:5432").is_err());
-        assert!(split_database_url("postgres://h:5432/").is_err());
-    }
-
-    #[test]
-    fn the_maintenance_database_keeps_the_parameters() {
-        assert_eq!(
-            maintenance_database_url("postgres://u@h:5432/likes?sslmode=verify-full")
-                .expect("valid url"),
-            "postgres://u@h:5432/postgres?sslmode=verify-full"
-        );
-        assert_eq!(
-            maintenance_database_url("postgres://u@h/likes").expect("valid url"),
-            "postgres://u@h/postgres"
-        );
-    }
 
     #[test]
     fn quotes_identifiers() {

@@ -18,6 +18,7 @@
 
 use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
+use likes_common::config::conninfo;
 use rustls::{
     ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
     client::{
@@ -62,9 +63,84 @@ impl SslMode {
     }
 }
 
-/// The `sslmode` of `url` (libpq's default `prefer` without one) and the URL
-/// as tokio-postgres reads it.
-pub fn ssl_mode(url: &str) -> Result<(SslMode, String), ConnectionError> {
+/// A `database.url` as the service connects with it: either of libpq's
+/// forms (`postgres://…` URL, or `host=… dbname=…` keywords and values),
+/// parsed by tokio-postgres, with the `sslmode` as libpq reads it (default
+/// `prefer`).
+#[derive(Debug, Clone)]
+pub struct Target {
+    mode: SslMode,
+    config: tokio_postgres::Config,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Self, ConnectionError> {
+        let (mode, for_tokio_postgres) = if conninfo::is_url(url) {
+            rewrite_url_sslmode(url)?
+        } else {
+            rewrite_keyword_sslmode(url)?
+        };
+        let config = for_tokio_postgres
+            .parse()
+            .map_err(|e: tokio_postgres::Error| {
+                ConnectionError::InvalidConnectionUrl(e.to_string())
+            })?;
+        Ok(Self { mode, config })
+    }
+
+    pub fn ssl_mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// The database it names, if it names one.
+    pub fn dbname(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
+    /// The same servers, credentials and TLS, another database.
+    pub fn with_dbname(mut self, name: &str) -> Self {
+        self.config.dbname(name);
+        self
+    }
+
+    /// `host:port` of its servers, without credentials.
+    pub fn server_label(&self) -> String {
+        server_address(&self.config)
+    }
+
+    /// Opens a connection, with TLS as the `sslmode` says, verifying against
+    /// `tls_ca_file` (PEM; empty: the system's roots) where it asks to. A
+    /// refused certificate fails with an error naming the server and saying
+    /// it was not trusted.
+    pub async fn connect(&self, tls_ca_file: &str) -> Result<AsyncPgConnection, ConnectionError> {
+        let server = self.server_label();
+        let failed = |error: tokio_postgres::Error| {
+            ConnectionError::BadConnection(explain(&server, self.mode, &error))
+        };
+        if self.mode == SslMode::Disable {
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
+        }
+        let tls = MakeRustlsConnect::new(client_config(self.mode, tls_ca_file)?);
+        let (client, connection) = self.config.connect(tls).await.map_err(failed)?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+}
+
+fn parse_mode(value: &str) -> Result<SslMode, ConnectionError> {
+    SslMode::parse(value).ok_or_else(|| {
+        ConnectionError::InvalidConnectionUrl(format!(
+            "sslmode={value}: expected disable, prefer, require, verify-ca or verify-full"
+        ))
+    })
+}
+
+/// The `sslmode` of a URL, and the URL with a mode tokio-postgres knows.
+fn rewrite_url_sslmode(url: &str) -> Result<(SslMode, String), ConnectionError> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((SslMode::Prefer, url.to_owned()));
     };
@@ -73,12 +149,7 @@ pub fn ssl_mode(url: &str) -> Result<(SslMode, String), ConnectionError> {
     for param in query.split('&') {
         match param.split_once('=') {
             Some(("sslmode", value)) => {
-                mode = SslMode::parse(value).ok_or_else(|| {
-                    ConnectionError::InvalidConnectionUrl(format!(
-                        "sslmode={value}: expected disable, prefer, require, verify-ca or \
-                         verify-full"
-                    ))
-                })?;
+                mode = parse_mode(value)?;
                 params.push(format!("sslmode={}", mode.for_tokio_postgres()));
             }
             _ => params.push(param.to_owned()),
@@ -87,39 +158,32 @@ pub fn ssl_mode(url: &str) -> Result<(SslMode, String), ConnectionError> {
     Ok((mode, format!("{base}?{}", params.join("&"))))
 }
 
-/// Opens a connection to `url`, with TLS as its `sslmode` says, verifying
-/// against `tls_ca_file` (PEM; empty: the system's roots) where it asks to.
-/// A refused certificate fails with an error naming the server and saying
-/// it was not trusted.
-pub async fn establish(url: &str, tls_ca_file: &str) -> Result<AsyncPgConnection, ConnectionError> {
-    let (mode, url) = ssl_mode(url)?;
-    let config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| ConnectionError::InvalidConnectionUrl(e.to_string()))?;
-    let server = server_address(&config);
-    let failed = |error: tokio_postgres::Error| {
-        ConnectionError::BadConnection(explain(&server, mode, &error))
-    };
-    if mode == SslMode::Disable {
-        let (client, connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(failed)?;
-        return AsyncPgConnection::try_from_client_and_connection(client, connection).await;
+/// The `sslmode` of a keyword/value string, and the string with a mode
+/// tokio-postgres knows.
+fn rewrite_keyword_sslmode(url: &str) -> Result<(SslMode, String), ConnectionError> {
+    let mut pairs = conninfo::parse(url).map_err(ConnectionError::InvalidConnectionUrl)?;
+    let mut mode = SslMode::Prefer;
+    for (keyword, value) in &mut pairs {
+        if keyword == "sslmode" {
+            mode = parse_mode(value)?;
+            *value = mode.for_tokio_postgres().to_owned();
+        }
     }
-    let tls = MakeRustlsConnect::new(client_config(mode, tls_ca_file)?);
-    let (client, connection) = config.connect(tls).await.map_err(failed)?;
-    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    Ok((
+        mode,
+        conninfo::render(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    ))
 }
 
-/// `host:port` of the (first) server of `config`.
+/// Opens a connection to `url` (see [`Target`]).
+pub async fn establish(url: &str, tls_ca_file: &str) -> Result<AsyncPgConnection, ConnectionError> {
+    Target::parse(url)?.connect(tls_ca_file).await
+}
+
 /// `host:port` of the servers `url` names (comma-separated when it names
 /// several), without credentials: for metric labels and log lines.
 pub fn server_label(url: &str) -> String {
-    match url.parse::<tokio_postgres::Config>() {
-        Ok(config) => server_address(&config),
-        Err(_) => "unparsable".to_owned(),
-    }
+    Target::parse(url).map_or_else(|_| "unparsable".to_owned(), |target| target.server_label())
 }
 
 fn server_address(config: &tokio_postgres::Config) -> String {
@@ -353,6 +417,10 @@ impl ServerCertVerifier for AnyHostName {
 mod tests {
     use super::*;
 
+    fn ssl_mode(url: &str) -> Result<(SslMode, String), ConnectionError> {
+        rewrite_url_sslmode(url)
+    }
+
     #[test]
     fn sslmode_is_read_and_the_verifying_ones_reach_tokio_postgres_as_require() {
         let (mode, url) = ssl_mode("postgres://u@h/likes").expect("no query");
@@ -376,6 +444,33 @@ mod tests {
         assert_eq!(mode, SslMode::Disable);
         let error = ssl_mode("postgres://u@h/likes?sslmode=allow").expect_err("not supported");
         assert!(error.to_string().contains("sslmode=allow"), "{error}");
+    }
+
+    #[test]
+    fn keyword_value_strings_are_read_like_urls() {
+        let target = Target::parse(
+            "host=db.example port=6432 user=likes password='a b' dbname=likes sslmode=verify-full",
+        )
+        .expect("parses");
+        assert_eq!(target.ssl_mode(), SslMode::VerifyFull);
+        assert_eq!(target.dbname(), Some("likes"));
+        assert_eq!(target.server_label(), "db.example:6432");
+        assert_eq!(target.config.get_password(), Some("a b".as_bytes()));
+        assert_eq!(
+            target.config.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        let maintenance = target.with_dbname("postgres");
+        assert_eq!(maintenance.dbname(), Some("postgres"));
+        assert_eq!(maintenance.ssl_mode(), SslMode::VerifyFull);
+        let url = Target::parse("postgresql://u@h:5433/likes?sslmode=disable").expect("url");
+        assert_eq!(
+            (url.ssl_mode(), url.dbname(), url.server_label().as_str()),
+            (SslMode::Disable, Some("likes"), "h:5433")
+        );
+        for bad in ["host=db sslmode=allow", "host=db password='open", "host"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -28,13 +28,16 @@ pub(crate) fn remove(settings: &Settings) {
 }
 
 async fn drop_database(settings: &Settings) -> anyhow::Result<()> {
-    let (_, name) = likes_db::split_database_url(settings.database.url.expose())?;
+    let target = likes_db::Target::parse(settings.database.url.expose())?;
+    let name = target.dbname().unwrap_or_default().to_owned();
     anyhow::ensure!(
         name.starts_with("likes_test_"),
         "refusing to drop a database not made by a test"
     );
-    let maintenance = likes_db::maintenance_database_url(settings.database.url.expose())?;
-    let mut conn = likes_db::establish(&maintenance, &settings.database.tls_ca_file).await?;
+    let mut conn = target
+        .with_dbname("postgres")
+        .connect(&settings.database.tls_ca_file)
+        .await?;
     diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
         .execute(&mut conn)
         .await?;

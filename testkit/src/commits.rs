@@ -35,7 +35,7 @@ impl fmt::Debug for CommitCounter {
 impl CommitCounter {
     /// Connects to the `postgres` database of the server `url` names.
     pub async fn connect(url: &SecretUrl) -> anyhow::Result<Self> {
-        let (server, database) = likes_db::split_database_url(url.expose())
+        let (server, database) = crate::split_database_url(url.expose())
             .with_context(|| format!("reading the database name of {url}"))?;
         let conn = AsyncPgConnection::establish(&format!("{server}/postgres"))
             .await

@@ -58,7 +58,7 @@ impl TestEnv {
         let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let mut settings = base;
         let url = settings.database.url.expose();
-        let (server, name) = likes_db::split_database_url(url)
+        let (server, name) = split_database_url(url)
             .with_context(|| format!("reading {}", settings.database.url))?;
         // What follows the name (`?sslmode=…`) is kept.
         let rest = &url[server.len() + 1 + name.len()..];
@@ -190,7 +190,7 @@ impl TestEnv {
     /// This env's settings with PostgreSQL reached through `addr` (say, a
     /// [`proxy::FaultProxy`] in front of it), the same database.
     pub fn settings_with_database_at(&self, addr: SocketAddr) -> anyhow::Result<Settings> {
-        let (_, name) = likes_db::split_database_url(self.settings.database.url.expose())?;
+        let (_, name) = split_database_url(self.settings.database.url.expose())?;
         let mut settings = self.settings.clone();
         settings.database.url = SecretUrl::new(format!("postgres://postgres@{addr}/{name}"));
         Ok(settings)
@@ -422,6 +422,23 @@ where
         );
         tokio::time::sleep(interval).await;
     }
+}
+
+/// `postgres://u@h:5432/likes?x=y` → (`postgres://u@h:5432`, `likes`): the
+/// server part and the database name of a test's database URL (tests use
+/// the URL form), both slices of `url`.
+pub fn split_database_url(url: &str) -> anyhow::Result<(&str, &str)> {
+    let authority_start = url.find("://").context("no scheme")? + 3;
+    let slash = url[authority_start..]
+        .find('/')
+        .map(|i| authority_start + i)
+        .context("no database name")?;
+    let name = url[slash + 1..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    anyhow::ensure!(!name.is_empty(), "no database name");
+    Ok((&url[..slash], name))
 }
 
 #[cfg(test)]

@@ -83,6 +83,19 @@ impl SecretUrl {
 
 impl fmt::Display for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.0.is_empty() && !self.0.contains("://") {
+            // libpq's keyword/value form: the password's value is masked; a
+            // string that does not parse is masked whole, as it could hide one.
+            return match super::conninfo::parse(&self.0) {
+                Ok(pairs) if pairs.iter().any(|(keyword, _)| keyword == "password") => {
+                    f.write_str(&super::conninfo::render(pairs.iter().map(|(k, v)| {
+                        (k.as_str(), if k == "password" { MASK } else { v.as_str() })
+                    })))
+                }
+                Ok(_) => f.write_str(&self.0),
+                Err(_) => f.write_str(MASK),
+            };
+        }
         // A list of URLs (a cluster's nodes, separated by commas; read
         // replicas, by spaces) is masked URL by URL.
         let masked: Vec<String> = self

@@ -136,6 +136,16 @@ fn passwords_are_masked_when_shown() {
         SecretUrl::new("amqp://u:p1@a/%2f,amqp://u:p2@b/%2f").to_string(),
         "amqp://u:***@a/%2f,amqp://u:***@b/%2f"
     );
+    let key_values = SecretUrl::new("host=db user=likes password='s3 cret' dbname=likes");
+    assert_eq!(
+        key_values.to_string(),
+        "host='db' user='likes' password='***' dbname='likes'"
+    );
+    assert_eq!(
+        SecretUrl::new("host=db dbname=likes").to_string(),
+        "host=db dbname=likes"
+    );
+    assert_eq!(SecretUrl::new("host=db password='open").to_string(), "***");
 }
 
 fn env_of(pairs: &[(&str, &str)]) -> ::config::Map<String, String> {

@@ -2,6 +2,7 @@
 //! PostgreSQL on localhost, each test with its own database and queues.
 
 mod counts;
+mod database_url;
 mod envelopes;
 mod faults;
 mod feeds;

@@ -22,7 +22,7 @@ const SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1"];
 /// The plaintext broker and database of `env`, which the proxies forward to.
 fn upstreams(env: &TestEnv) -> anyhow::Result<(SocketAddr, SocketAddr)> {
     let broker = likes_queue::tls::node_address(env.settings.amqp.url.expose()).parse()?;
-    let (server, _) = likes_db::split_database_url(env.settings.database.url.expose())?;
+    let (server, _) = likes_testkit::split_database_url(env.settings.database.url.expose())?;
     let host_port = server.rsplit('@').next().unwrap_or(server);
     let host_port = host_port.trim_start_matches("postgres://");
     Ok((broker, host_port.parse()?))
@@ -37,7 +37,7 @@ fn over_tls(
     sslmode: &str,
     ca_file: &str,
 ) -> anyhow::Result<Settings> {
-    let (_, name) = likes_db::split_database_url(env.settings.database.url.expose())?;
+    let (_, name) = likes_testkit::split_database_url(env.settings.database.url.expose())?;
     let mut settings = env.settings.clone();
     settings.amqp.url = SecretUrl::new(format!("amqps://guest:guest@{broker}/%2f"));
     settings.amqp.tls_ca_file = ca_file.to_owned();

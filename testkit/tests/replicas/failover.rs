@@ -28,7 +28,7 @@ fn failover_url(cluster: &PgCluster) -> String {
 
 /// Pairs stored on node `node` of `cluster`, in `env`'s database.
 async fn stored_on(cluster: &PgCluster, env: &TestEnv, node: usize) -> anyhow::Result<i64> {
-    let (_, name) = likes_db::split_database_url(env.settings.database.url.expose())?;
+    let (_, name) = likes_testkit::split_database_url(env.settings.database.url.expose())?;
     let mut conn = likes_db::establish(&cluster.url(node, name), "").await?;
     likes_testkit::verify::stored_pairs(&mut conn).await
 }

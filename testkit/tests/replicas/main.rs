@@ -91,6 +91,6 @@ fn env_on(url: &str) -> anyhow::Result<TestEnv> {
 
 /// The env's database name.
 fn database_name(env: &TestEnv) -> anyhow::Result<String> {
-    let (_, name) = likes_db::split_database_url(env.settings.database.url.expose())?;
+    let (_, name) = likes_testkit::split_database_url(env.settings.database.url.expose())?;
     Ok(name.to_owned())
 }
