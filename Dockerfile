@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# likes-api, likes-worker and likes-dlq in one small image, run as a
+# likes-api, likes-worker, likes-dlq and likes-admin in one small image, run as a
 # non-root user. Which binary runs is the container's command:
 #   docker build -t likes .
 #   docker run likes likes-api      (the default)
@@ -12,8 +12,10 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin likes-api --bin likes-worker --bin likes-dlq \
+      --bin likes-admin \
  && mkdir /out \
- && cp target/release/likes-api target/release/likes-worker target/release/likes-dlq /out/
+ && cp target/release/likes-api target/release/likes-worker target/release/likes-dlq \
+      target/release/likes-admin /out/
 
 FROM debian:bookworm-slim
 # The system's root certificates, which amqps:// and sslmode=verify-full

@@ -165,6 +165,9 @@ pub struct DatabaseSettings {
     /// every read on `url`.
     pub read_urls: SecretUrl,
     pub max_replica_lag_ms: NonZeroU64,
+    /// Create the database and run pending migrations at start; false:
+    /// only check that none is pending (`likes-admin migrate` runs them).
+    pub migrate_on_start: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -23,6 +23,12 @@ pub enum DbError {
     Migration(String),
     #[error("invalid database url {url}: {reason}")]
     InvalidUrl { url: String, reason: &'static str },
+    /// `database.migrate_on_start` is off and migrations are pending.
+    #[error(
+        "the database lacks migrations {pending:?}: run `likes-admin migrate` \
+         (database.migrate_on_start is false)"
+    )]
+    NotMigrated { pending: Vec<String> },
 }
 
 impl DbError {
@@ -62,7 +68,10 @@ impl DbError {
             Self::Query(
                 DieselError::BrokenTransactionManager | DieselError::AlreadyInTransaction,
             ) => true,
-            Self::Query(_) | Self::Migration(_) | Self::InvalidUrl { .. } => false,
+            Self::Query(_)
+            | Self::Migration(_)
+            | Self::InvalidUrl { .. }
+            | Self::NotMigrated { .. } => false,
         }
     }
 }

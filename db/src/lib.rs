@@ -6,6 +6,7 @@ mod circuit;
 pub mod error;
 pub mod models;
 pub mod pool;
+pub mod recount;
 pub mod replicas;
 pub mod repository;
 pub mod schema;
@@ -14,8 +15,8 @@ pub mod tls;
 pub use error::DbError;
 pub use models::{Action, CountChange, LikeChange, VersionedCount, WriteOutcome};
 pub use pool::{
-    MIGRATION_LOCK_KEY, PgPool, PooledConnection, checkout, connect, ensure_database,
-    run_migrations, spawn_pool_gauges,
+    MIGRATION_LOCK_KEY, PgPool, PooledConnection, check_migrated, checkout, connect,
+    ensure_database, run_migrations, spawn_pool_gauges,
 };
 pub use replicas::ReadPools;
 pub use tls::{Target, establish};

@@ -8,6 +8,7 @@ use crate::{
     DbError,
     circuit::{Admit, Circuit},
 };
+use diesel::migration::MigrationSource;
 use diesel::{OptionalExtension, QueryableByName, sql_types::Text};
 use diesel_async::{
     AsyncMigrationHarness, AsyncPgConnection, RunQueryDsl,
@@ -160,12 +161,17 @@ pub fn spawn_pool_gauges(pool: PgPool, stop: CancellationToken) {
     });
 }
 
-/// Creates the database if needed, runs migrations, and returns a pool.
+/// Creates the database if needed and runs migrations (or, without
+/// `migrate_on_start`, checks that none is pending), and returns a pool.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     let url = settings.url.expose();
     let tls_ca_file = settings.tls_ca_file.as_str();
-    ensure_database(url, tls_ca_file).await?;
-    run_migrations(url, tls_ca_file).await?;
+    if settings.migrate_on_start {
+        ensure_database(url, tls_ca_file).await?;
+        run_migrations(url, tls_ca_file).await?;
+    } else {
+        check_migrated(url, tls_ca_file).await?;
+    }
     let (builder, manager, circuit) = pool_parts(url, settings);
     let pool = builder
         .build(manager)
@@ -274,8 +280,9 @@ diesel::define_sql_function! {
     fn pg_try_advisory_lock(key: diesel::sql_types::BigInt) -> diesel::sql_types::Bool;
 }
 
-/// Runs the embedded migrations that have not run yet, one process at a time.
-pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
+/// Runs the embedded migrations that have not run yet, one process at a
+/// time; the versions it ran.
+pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<Vec<String>, DbError> {
     let mut conn = crate::tls::establish(url, tls_ca_file).await?;
     // Asked for again and again, not waited for in one statement: a
     // statement waiting holds a snapshot, and `CREATE INDEX CONCURRENTLY`
@@ -293,16 +300,58 @@ pub async fn run_migrations(url: &str, tls_ca_file: &str) -> Result<(), DbError>
     // The harness drives the async connection with `block_in_place`, which
     // needs the multi-threaded runtime; both binaries and the tests use it.
     let mut harness = AsyncMigrationHarness::new(conn);
-    let applied = harness
+    let applied: Vec<String> = harness
         .run_pending_migrations(MIGRATIONS)
         .map_err(|e| DbError::Migration(e.to_string()))?
-        .len();
-    if applied > 0 {
-        tracing::info!(migrations.applied = applied, "database migrated");
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !applied.is_empty() {
+        tracing::info!(migrations.applied = ?applied, "database migrated");
     }
     // Dropping the connection ends the session and releases the lock.
     drop(harness.into_inner());
-    Ok(())
+    Ok(applied)
+}
+
+#[derive(QueryableByName)]
+struct AppliedVersion {
+    #[diesel(sql_type = Text)]
+    version: String,
+}
+
+/// Fails with [`DbError::NotMigrated`] unless every embedded migration has
+/// run. Reads diesel's bookkeeping table only (no `CREATE`, which diesel's
+/// own harness would try), so a role that cannot change the schema can.
+pub async fn check_migrated(url: &str, tls_ca_file: &str) -> Result<(), DbError> {
+    let mut conn = crate::tls::establish(url, tls_ca_file).await?;
+    let applied: Vec<AppliedVersion> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+            .load(&mut conn)
+            .await
+            .map_err(|error| match error {
+                diesel::result::Error::DatabaseError(_, ref info)
+                    if info.message().contains("does not exist") =>
+                {
+                    DbError::NotMigrated {
+                        pending: vec!["all".to_owned()],
+                    }
+                }
+                other => other.into(),
+            })?;
+    let applied: std::collections::HashSet<String> =
+        applied.into_iter().map(|row| row.version).collect();
+    let pending: Vec<String> = MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+        .map_err(|e| DbError::Migration(e.to_string()))?
+        .iter()
+        .map(|migration| migration.name().version().to_string())
+        .filter(|version| !applied.contains(version))
+        .collect();
+    if pending.is_empty() {
+        Ok(())
+    } else {
+        Err(DbError::NotMigrated { pending })
+    }
 }
 
 fn quote_identifier(name: &str) -> String {

@@ -5,8 +5,9 @@
 //! installed by `make tools`. What no schema
 //! knows is checked here: every `LIKES__*` variable a pod gets names a
 //! setting, and the secret ones come from a Secret only; each container
-//! runs a binary the Dockerfile builds, from the image of the workspace's
-//! version, as the Dockerfile's user; liveness and startup probes ask
+//! (of a Deployment or a Job) runs a binary the Dockerfile builds, from the
+//! image of the workspace's version, as the Dockerfile's user; a
+//! Deployment's liveness and startup probes ask
 //! `/healthz` and readiness `/readyz`, on the port of the metrics address
 //! the container's settings give it.
 
@@ -157,8 +158,13 @@ fn problems(docs: &[Value]) -> Vec<String> {
     };
     let (config_maps, secrets) = (named("ConfigMap"), named("Secret"));
     let mut found = Vec::new();
-    for deployment in named("Deployment").values() {
-        let pod = &deployment["spec"]["template"]["spec"];
+    let (deployments, jobs) = (named("Deployment"), named("Job"));
+    let workloads = deployments
+        .values()
+        .map(|d| (d, true))
+        .chain(jobs.values().map(|j| (j, false)));
+    for (workload, serves) in workloads {
+        let pod = &workload["spec"]["template"]["spec"];
         for container in seq(pod.get("containers")) {
             let who = container.get("name").map(text).unwrap_or_default();
             // Every variable and whether it came from a Secret.
@@ -220,6 +226,9 @@ fn problems(docs: &[Value]) -> Vec<String> {
             }
             if pod["securityContext"]["runAsUser"].as_i64() != Some(uid) {
                 found.push(format!("{who}: does not run as the image's user {uid}"));
+            }
+            if !serves {
+                continue;
             }
             // The probes ask the metrics port of the container's settings.
             let role = binary.trim_start_matches("likes-");
@@ -286,6 +295,11 @@ fn k8s_manifests_agree_with_the_settings_the_image_and_the_probes() {
         ),
         ("path: /readyz", "path: /ready", "readinessProbe must ask"),
         ("runAsUser: 10001", "runAsUser: 1000", "image's user"),
+        (
+            "[\"likes-admin\", \"migrate\"]",
+            "[\"likes-migrate\"]",
+            "migrate: runs \"likes-migrate\"",
+        ),
     ] {
         let found = problems(&example(|text| text.replace(from, to)));
         assert!(

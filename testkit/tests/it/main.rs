@@ -11,6 +11,7 @@ mod ordering;
 mod pipeline;
 mod poison;
 mod protocol;
+mod recount;
 mod run_script;
 mod security;
 mod shards;

@@ -1,6 +1,7 @@
 //! The worker binary as a process: killed with SIGKILL mid-batch, stopped
 //! with SIGTERM. Real RabbitMQ and PostgreSQL, own database and queues.
 
+mod admin;
 mod cli;
 mod health;
 
