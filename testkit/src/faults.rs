@@ -4,10 +4,41 @@
 use anyhow::Context;
 use std::process::Command;
 
+/// `rabbitmqctl` for the broker the tests use: the host's own when it is on
+/// the `PATH` (the broker runs on this machine), else the one inside the
+/// `rabbitmq` service of `docker-compose.yml` (`make services` started the
+/// broker with docker compose), through `docker compose exec`. The
+/// arguments are the same either way. Where neither runs, the test fails
+/// saying so: nothing here is skipped.
+pub fn rabbitmqctl() -> Command {
+    rabbitmqctl_with(std::env::var_os("PATH"))
+}
+
+fn rabbitmqctl_with(path: Option<std::ffi::OsString>) -> Command {
+    let on_path = path.is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("rabbitmqctl").is_file())
+    });
+    if on_path {
+        return Command::new("rabbitmqctl");
+    }
+    let compose_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../docker-compose.yml");
+    let mut command = Command::new("docker");
+    command.args([
+        "compose",
+        "-f",
+        compose_file,
+        "exec",
+        "-T",
+        "rabbitmq",
+        "rabbitmqctl",
+    ]);
+    command
+}
+
 /// The pids of the RabbitMQ connections whose client-given name contains
 /// `needle` (connection names carry the queue name, unique per test).
 pub fn amqp_connections(needle: &str) -> anyhow::Result<Vec<String>> {
-    let listing = Command::new("rabbitmqctl")
+    let listing = rabbitmqctl()
         .args(["-q", "list_connections", "pid", "client_properties"])
         .output()
         .context("running rabbitmqctl list_connections")?;
@@ -28,7 +59,7 @@ pub fn amqp_connections(needle: &str) -> anyhow::Result<Vec<String>> {
 pub fn close_amqp_connections(needle: &str) -> anyhow::Result<usize> {
     let mut closed = 0;
     for pid in amqp_connections(needle)? {
-        let status = Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args(["-q", "close_connection", &pid, "closed by a fault test"])
             .status()
             .context("running rabbitmqctl close_connection")?;
@@ -53,7 +84,7 @@ impl RefusedPublishes {
     pub fn on(queue: &str) -> anyhow::Result<Self> {
         let policy = format!("refuse-{queue}");
         let pattern = format!("^{}$", queue.replace('.', "\\."));
-        let status = Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args([
                 "-q",
                 "set_policy",
@@ -76,7 +107,7 @@ impl RefusedPublishes {
 
 impl Drop for RefusedPublishes {
     fn drop(&mut self) {
-        let cleared = Command::new("rabbitmqctl")
+        let cleared = rabbitmqctl()
             .args(["-q", "clear_policy", &self.policy])
             .status();
         if !cleared.is_ok_and(|s| s.success()) {
@@ -96,7 +127,7 @@ pub struct MemoryAlarm {
 
 impl MemoryAlarm {
     pub fn raise() -> anyhow::Result<Self> {
-        let output = Command::new("rabbitmqctl")
+        let output = rabbitmqctl()
             .args([
                 "-q",
                 "eval",
@@ -132,7 +163,7 @@ impl Drop for MemoryAlarm {
 }
 
 fn set_watermark(args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new("rabbitmqctl")
+    let status = rabbitmqctl()
         .args(["-q", "set_vm_memory_high_watermark"])
         .args(args)
         .status()
@@ -142,4 +173,24 @@ fn set_watermark(args: &[&str]) -> anyhow::Result<()> {
         "set_vm_memory_high_watermark {args:?} failed"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rabbitmqctl_is_the_hosts_or_the_compose_brokers() {
+        let bin = tempfile::tempdir().expect("temp dir");
+        std::fs::write(bin.path().join("rabbitmqctl"), "").expect("a stand-in");
+        let host = rabbitmqctl_with(Some(bin.path().as_os_str().to_owned()));
+        assert_eq!(host.get_program(), "rabbitmqctl");
+        let empty = tempfile::tempdir().expect("temp dir");
+        let compose = rabbitmqctl_with(Some(empty.path().as_os_str().to_owned()));
+        assert_eq!(compose.get_program(), "docker");
+        let args: Vec<_> = compose.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args[0], "compose");
+        assert!(args[2].ends_with("/docker-compose.yml"), "{args:?}");
+        assert_eq!(args[3..], ["exec", "-T", "rabbitmq", "rabbitmqctl"]);
+    }
 }
