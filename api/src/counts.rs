@@ -24,7 +24,7 @@ use likes_proto::events::CountChange;
 use likes_queue::backoff::Reconnect;
 use moka::ops::compute::{CompResult, Op};
 use std::{collections::HashMap, sync::Arc, time::Duration};
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Posts whose counts one api keeps. An entry is a few dozen bytes plus
@@ -37,15 +37,6 @@ const MAX_ENTRIES: u64 = 100_000;
 struct Cached {
     count: VersionedCount,
     since: Instant,
-}
-
-/// What the cache tells the streams that watch counts.
-#[derive(Debug, Clone)]
-pub enum CountUpdate {
-    /// Pushed counts it applied: (post, count).
-    Changed(Arc<[(String, i64)]>),
-    /// It may have missed changes (it resubscribed): read every count again.
-    Resync,
 }
 
 /// A read of many counts between [`CountCache::lookup`] and
@@ -64,9 +55,6 @@ impl Lookup {
     }
 }
 
-/// Updates a watcher may fall behind by before it reads every count again.
-const UPDATES_BUFFERED: usize = 1024;
-
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct CountCache {
@@ -75,7 +63,109 @@ pub struct CountCache {
     ttl: Duration,
     max_stale: Duration,
     metrics: Arc<CacheMetrics>,
-    updates: tokio::sync::broadcast::Sender<CountUpdate>,
+    watchers: Arc<Watchers>,
+}
+
+/// The posts WatchLikeCounts streams follow: for each, a watch channel
+/// holding its latest applied count. A push touches only the channels of
+/// watched posts, and wakes only the streams waiting for a change: a
+/// stream that has just sent waits out `api.watch_min_interval_ms` without
+/// listening, then takes the latest value. So a hot post's 1000 streams
+/// cost one wake-up each per interval, not one per worker batch.
+#[derive(Debug)]
+struct Watchers {
+    posts: std::sync::Mutex<HashMap<String, watch::Sender<i64>>>,
+    /// Bumped when pushes may have been missed: read every count again.
+    resync: watch::Sender<u64>,
+}
+
+/// One stream's view of its posts' changes (see [`CountCache::watch`]).
+/// Dropping it forgets the posts no other stream watches.
+#[derive(Debug)]
+pub struct Followed {
+    watchers: Arc<Watchers>,
+    posts: Vec<(String, watch::Receiver<i64>)>,
+    resync: watch::Receiver<u64>,
+    /// Seen by [`Followed::changed`], not yet taken.
+    resynced: bool,
+    woken: Vec<usize>,
+}
+
+/// What changed since [`Followed::take_changes`] last ran.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Pushed counts of the stream's posts: (post, latest count).
+    pub counts: Vec<(String, i64)>,
+    /// Pushes may have been missed: read every count again.
+    pub resync: bool,
+}
+
+impl Followed {
+    /// Waits until a post's count changed or a resync was asked for.
+    pub async fn changed(&mut self) {
+        // `changed` marks what it saw as seen: remember it for
+        // `take_changes`.
+        enum Woken {
+            Resync,
+            Post(usize),
+        }
+        let woken = if self.posts.is_empty() {
+            self.resync.changed().await.ok().map(|()| Woken::Resync)
+        } else {
+            let posts = futures_util::future::select_all(
+                self.posts
+                    .iter_mut()
+                    .map(|(_, receiver)| Box::pin(receiver.changed())),
+            );
+            tokio::select! {
+                changed = self.resync.changed() => changed.ok().map(|()| Woken::Resync),
+                (changed, index, _) = posts => changed.ok().map(|()| Woken::Post(index)),
+            }
+        };
+        match woken {
+            Some(Woken::Resync) => self.resynced = true,
+            Some(Woken::Post(index)) => self.woken.push(index),
+            None => {}
+        }
+    }
+
+    /// The latest count of each post that changed, once each.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut changes = Changes {
+            resync: std::mem::take(&mut self.resynced)
+                || self.resync.has_changed().unwrap_or(false),
+            counts: Vec::new(),
+        };
+        self.resync.mark_unchanged();
+        let woken = std::mem::take(&mut self.woken);
+        for (index, (post, receiver)) in self.posts.iter_mut().enumerate() {
+            if woken.contains(&index) || receiver.has_changed().unwrap_or(false) {
+                changes
+                    .counts
+                    .push((post.clone(), *receiver.borrow_and_update()));
+            }
+        }
+        changes
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        let posts: Vec<String> = self.posts.drain(..).map(|(post, _)| post).collect();
+        let mut watched = self
+            .watchers
+            .posts
+            .lock()
+            .expect("never poisoned: no panics inside");
+        for post in posts {
+            if watched
+                .get(&post)
+                .is_some_and(|sender| sender.receiver_count() == 0)
+            {
+                watched.remove(&post);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -118,13 +208,36 @@ impl CountCache {
             ttl,
             max_stale,
             metrics: Arc::new(CacheMetrics::new()),
-            updates: tokio::sync::broadcast::Sender::new(UPDATES_BUFFERED),
+            watchers: Arc::new(Watchers {
+                posts: std::sync::Mutex::default(),
+                resync: watch::Sender::new(0),
+            }),
         }
     }
 
-    /// Follows what changes from now on (for WatchLikeCounts).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<CountUpdate> {
-        self.updates.subscribe()
+    /// Follows the changes of `posts` from now on (for WatchLikeCounts).
+    pub fn watch(&self, posts: &[PostId]) -> Followed {
+        let mut watched = self
+            .watchers
+            .posts
+            .lock()
+            .expect("never poisoned: no panics inside");
+        let posts = posts
+            .iter()
+            .map(|post| {
+                let sender = watched
+                    .entry(post.as_str().to_owned())
+                    .or_insert_with(|| watch::Sender::new(0));
+                (post.as_str().to_owned(), sender.subscribe())
+            })
+            .collect();
+        Followed {
+            watchers: Arc::clone(&self.watchers),
+            posts,
+            resync: self.watchers.resync.subscribe(),
+            resynced: false,
+            woken: Vec::new(),
+        }
     }
 
     /// The count of `post`: from memory while fresh, else loaded (one query
@@ -303,8 +416,16 @@ impl CountCache {
         }
         self.metrics.entries.set(self.cache.entry_count() as f64);
         if !applied.is_empty() {
-            // No watcher, no receiver: nothing to tell.
-            let _ = self.updates.send(CountUpdate::Changed(applied.into()));
+            let watched = self
+                .watchers
+                .posts
+                .lock()
+                .expect("never poisoned: no panics inside");
+            for (post, count) in applied {
+                if let Some(sender) = watched.get(&post) {
+                    sender.send_replace(count);
+                }
+            }
         }
     }
 
@@ -317,7 +438,9 @@ impl CountCache {
     /// Tells the watchers to read every count again: pushes may have been
     /// missed.
     fn resync(&self) {
-        let _ = self.updates.send(CountUpdate::Resync);
+        self.watchers
+            .resync
+            .send_modify(|generation| *generation += 1);
     }
 
     /// How long a count may be served without a push refreshing it.

@@ -1,24 +1,26 @@
 //! WatchLikeCounts: one task per stream sends each post's current count,
-//! then the changes the count cache applies, coalesced. Each tick of
-//! `api.watch_min_interval_ms` sends, per post, the latest count not sent
-//! yet: at most one message per post per interval. What a stream holds is
-//! bounded by its posts: the latest pending count of each, and an outgoing
-//! buffer of one message per post; a client that reads slowly makes the
-//! task skip values (the latest wins), never buffer more. A stream that
-//! falls behind the cache's updates, or whose api (re)subscribed to the
-//! pushes, reads every count again, and so does every stream once per
+//! then the changes the count cache applies, coalesced: after each send the
+//! task waits out `api.watch_min_interval_ms` without listening, then sends
+//! the latest count of every post that changed meanwhile (or waits for the
+//! next change). At most one message per post per interval, and a hot
+//! post's streams wake once per interval each, however many batches the
+//! workers push. What a stream holds is bounded by its posts: the latest
+//! pending count of each, and an outgoing buffer of one message per post; a
+//! client that reads slowly makes the task skip values (the latest wins),
+//! never buffer more. A stream whose api (re)subscribed to the pushes reads
+//! every count again, and so does every stream once per
 //! `api.count_cache_ttl_ms`: a count is never staler on a stream than on a
-//! read. When the api stops, each stream ends
-//! with UNAVAILABLE, so its client resubscribes to another api.
+//! read. When the api stops, each stream ends with UNAVAILABLE, so its
+//! client resubscribes to another api.
 
-use crate::counts::{CountCache, CountUpdate};
+use crate::counts::CountCache;
 use likes_common::ids::PostId;
 use likes_proto::pb::LikeCountChange;
-use std::{
-    collections::{HashMap, HashSet},
-    time::Duration,
+use std::{collections::HashMap, time::Duration};
+use tokio::{
+    sync::{OwnedSemaphorePermit, mpsc},
+    time::Instant,
 };
-use tokio::sync::{OwnedSemaphorePermit, broadcast::error::RecvError, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -46,9 +48,8 @@ impl Watch {
     }
 
     async fn run(self, out: mpsc::Sender<Sent>) {
-        let watched: HashSet<&str> = self.posts.iter().map(PostId::as_str).collect();
-        // Subscribed before the first read, so no change falls in between.
-        let mut updates = self.cache.subscribe();
+        // Followed before the first read, so no change falls in between.
+        let mut followed = self.cache.watch(&self.posts);
         let mut last_sent: HashMap<String, i64> = HashMap::with_capacity(self.posts.len());
         let mut pending: HashMap<String, i64> = HashMap::with_capacity(self.posts.len());
         match self.cache.counts(&self.posts).await {
@@ -60,48 +61,41 @@ impl Watch {
             }
         }
         flush(&out, &mut pending, &mut last_sent);
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A push lost on its way (transient messages) would leave a quiet
         // post's count unsent: every cache TTL the stream reads its counts
         // again, as a read would, so it is as fresh as GetLikeCount.
-        let mut refresh = tokio::time::interval(self.cache.ttl());
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        refresh.reset();
+        let mut next_refresh = Instant::now() + self.cache.ttl();
         loop {
+            // At most one message per post per interval.
             tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    let _ = out.try_send(Err(Status::unavailable(
-                        "the api is stopping; resubscribe to another",
-                    )));
-                    break;
-                }
+                () = self.shutdown.cancelled() => break,
                 () = out.closed() => break,
-                update = updates.recv() => match update {
-                    Ok(CountUpdate::Changed(changes)) => {
-                        for (post, count) in changes.iter() {
-                            if watched.contains(post.as_str()) {
-                                pending.insert(post.clone(), *count);
-                            }
-                        }
-                    }
-                    Ok(CountUpdate::Resync) | Err(RecvError::Lagged(_)) => {
-                        // Counts may have moved unseen: read them all again.
-                        if let Ok(counts) = self.cache.counts(&self.posts).await {
-                            pending.extend(counts);
-                        }
-                    }
-                    Err(RecvError::Closed) => break,
-                },
-                _ = ticker.tick(), if !pending.is_empty() => {
-                    flush(&out, &mut pending, &mut last_sent);
-                }
-                _ = refresh.tick() => {
-                    if let Ok(counts) = self.cache.counts(&self.posts).await {
-                        pending.extend(counts);
-                    }
+                () = tokio::time::sleep(self.interval) => {}
+            }
+            // Nothing held back by a slow reader: wait for something new.
+            if pending.is_empty() {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => break,
+                    () = out.closed() => break,
+                    () = followed.changed() => {}
+                    () = tokio::time::sleep_until(next_refresh) => {}
                 }
             }
+            let changes = followed.take_changes();
+            pending.extend(changes.counts);
+            if changes.resync || Instant::now() >= next_refresh {
+                // Counts may have moved unseen: read them all again.
+                next_refresh = Instant::now() + self.cache.ttl();
+                if let Ok(counts) = self.cache.counts(&self.posts).await {
+                    pending.extend(counts);
+                }
+            }
+            flush(&out, &mut pending, &mut last_sent);
+        }
+        if self.shutdown.is_cancelled() {
+            let _ = out.try_send(Err(Status::unavailable(
+                "the api is stopping; resubscribe to another",
+            )));
         }
         drop(self.permit);
     }
@@ -109,7 +103,7 @@ impl Watch {
 
 /// Sends each pending count that differs from the last one sent for its
 /// post, as far as the outgoing buffer takes them; what does not fit stays
-/// pending, to be replaced by a newer count or sent at the next tick.
+/// pending, to be replaced by a newer count or sent after the next interval.
 fn flush(
     out: &mpsc::Sender<Sent>,
     pending: &mut HashMap<String, i64>,

@@ -13,6 +13,7 @@ use likes_testkit::{
     eventually,
     load::{like_all, pairs},
 };
+use std::collections::HashMap;
 use std::{collections::HashSet, time::Duration};
 use tokio::time::Instant;
 use tonic::{Code, Streaming, transport::Channel};
@@ -353,6 +354,31 @@ async fn a_watch_sends_current_counts_then_coalesced_changes_ending_exact() -> a
         "at most one message per interval: {changes:?}"
     );
     assert!(changes.windows(2).all(|w| w[0].1 < w[1].1), "{changes:?}");
+    Ok(())
+}
+
+/// One like on a quiet post reaches its watchers by the push alone (the
+/// counts do not expire during the test, so no re-read can deliver it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_like_on_a_quiet_post_reaches_its_watch() -> anyhow::Result<()> {
+    let mut env = TestEnv::new();
+    env.settings.api.count_cache_ttl_ms = 600_000.try_into()?;
+    let api = env.spawn_api().await?;
+    let _worker = env.spawn_worker().await?;
+    let mut stream = watch(&api.client, &["busy", "quiet"]).await?;
+    for _ in 0..2 {
+        assert_eq!(next(&mut stream, Duration::from_secs(5)).await??.count, 0);
+    }
+    like(&api.client, "quiet", "u1").await?;
+    let change = next(&mut stream, Duration::from_secs(5)).await??;
+    assert_eq!((change.post_id.as_str(), change.count), ("quiet", 1));
+    like(&api.client, "busy", "u1").await?;
+    like(&api.client, "quiet", "u2").await?;
+    let mut latest = HashMap::new();
+    while latest.get("quiet") != Some(&2) || latest.get("busy") != Some(&1) {
+        let change = next(&mut stream, Duration::from_secs(5)).await??;
+        latest.insert(change.post_id, change.count);
+    }
     Ok(())
 }
 
