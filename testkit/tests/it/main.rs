@@ -10,6 +10,7 @@ mod grpcurl;
 mod ordering;
 mod pipeline;
 mod poison;
+mod prometheus;
 mod protocol;
 mod recount;
 mod run_script;
