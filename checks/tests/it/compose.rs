@@ -538,6 +538,21 @@ fn scrape_targets(job: &Value) -> Vec<(String, Option<u16>)> {
     targets
 }
 
+/// The entries under `key` (`datasources`, `providers`) of every
+/// provisioning file of Grafana in `dir`, read through `read`.
+fn provisioned(read: &dyn Fn(&str) -> Option<String>, dir: &str, key: &str) -> Vec<Value> {
+    yaml_files(dir)
+        .iter()
+        .filter_map(|file| serde_yaml_ng::from_str::<Value>(&read(file)?).ok())
+        .flat_map(|doc| {
+            doc.get(key)
+                .and_then(Value::as_sequence)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// Every disagreement of one compose file's Prometheus and Grafana with the
 /// services they watch and the files they mount (read through `read`, so a
 /// test can hand in a broken copy).
@@ -649,15 +664,8 @@ fn observability_problems(
             ));
             continue;
         };
-        let datasources: Vec<Value> = yaml_files(&dir)
-            .iter()
-            .filter_map(|file| serde_yaml_ng::from_str::<Value>(&read(file)?).ok())
-            .flat_map(|doc| {
-                doc.get("datasources")
-                    .and_then(Value::as_sequence)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+        let datasources: Vec<Value> = provisioned(read, &dir, "datasources")
+            .into_iter()
             .filter(|source| source.get("type").map(text).as_deref() == Some("prometheus"))
             .collect();
         if datasources.is_empty() {
@@ -684,16 +692,7 @@ fn observability_problems(
             ));
             continue;
         };
-        let providers: Vec<Value> = yaml_files(&dir)
-            .iter()
-            .filter_map(|file| serde_yaml_ng::from_str::<Value>(&read(file)?).ok())
-            .flat_map(|doc| {
-                doc.get("providers")
-                    .and_then(Value::as_sequence)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .collect();
+        let providers = provisioned(read, &dir, "providers");
         if providers.is_empty() {
             found.push(format!("{name}: {dir} provisions no dashboards"));
         }
