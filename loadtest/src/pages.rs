@@ -143,7 +143,7 @@ fn micros(elapsed: Duration) -> u64 {
 
 /// The default spike three ways, interleaved trial by trial: without the
 /// likers index, with it (the default), and with it while watchers follow
-/// the hot post's count.
+/// the hot post's count; a CHECKPOINT before each arm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpikeArms {
     /// Each arm's end-to-end likes/s, trial by trial.
@@ -197,18 +197,21 @@ where
     };
     let rate = |report: &Report| report.pipeline.persisted_per_s.unwrap_or(0.0);
     for trial in 1..=trials {
+        checkpoint(&mut db).await;
         let report = spike(format!("indexed{trial}")).await?;
         arms.verified &= report.passed();
         arms.with_index.push(rate(&report));
 
         let run = format!("watched{trial}");
         let hot = Names::of(&run).post(crate::scenario::HOT_POST);
+        checkpoint(&mut db).await;
         let (report, watched) = watching(services, &hot, watchers, spike(run)).await?;
         arms.verified &= report.passed();
         arms.with_watchers.push(rate(&report));
         arms.watched.push(watched);
 
         index.drop(&mut db).await?;
+        checkpoint(&mut db).await;
         let report = spike(format!("unindexed{trial}")).await;
         index.create(&mut db).await?;
         let report = report?;
@@ -217,6 +220,16 @@ where
     }
     arms.api_peak_rss_mib = crate::procfs::peak_rss_mib(&services.api_pid().to_string());
     Ok(arms)
+}
+
+/// Writes out what the arm before left dirty (rebuilding the index writes
+/// the whole table's worth of WAL), so no arm pays for another's
+/// checkpoint. Needs a superuser or `pg_checkpoint`; without, the arms run
+/// as they are, said on stderr.
+async fn checkpoint(db: &mut AsyncPgConnection) {
+    if let Err(error) = diesel::sql_query("CHECKPOINT").execute(db).await {
+        eprintln!("no CHECKPOINT between the arms: {error}");
+    }
 }
 
 /// An index as PostgreSQL describes it, to drop and create again.
