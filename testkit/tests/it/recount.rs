@@ -58,7 +58,10 @@ async fn counters_corrupted_under_load_are_repaired_and_no_like_is_lost() -> any
     let drifted: Vec<&str> = dry.drift.iter().map(|d| d.post_id.as_str()).collect();
     assert_eq!(drifted, ["post-0", "post-1", "post-2"], "{dry:?}");
     assert!(dry.drift.iter().all(|d| d.repaired.is_none()));
-    assert_eq!(dry.drift[1].stored, None, "post-1 lost its counter");
+    // post-1's counter was deleted; a batch since may have created it
+    // again from its own changes only.
+    let lost = &dry.drift[1];
+    assert!(lost.stored.unwrap_or(0) < lost.counted, "{lost:?}");
 
     // Repaired while the likes keep coming, batch by batch of two posts.
     let repaired = recount(
