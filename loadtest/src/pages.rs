@@ -150,6 +150,13 @@ pub struct SpikeArms {
     pub without_index: Vec<f64>,
     pub with_index: Vec<f64>,
     pub with_watchers: Vec<f64>,
+    /// PostgreSQL's CPU per like in the arms with and without the index,
+    /// trial by trial: the index's cost where it is paid, which the
+    /// end-to-end rates are too noisy to show.
+    #[serde(default)]
+    pub postgres_us_with_index: Vec<f64>,
+    #[serde(default)]
+    pub postgres_us_without_index: Vec<f64>,
     /// Every arm's reports verified (each acknowledged like stored once).
     pub verified: bool,
     /// What the watchers saw, trial by trial.
@@ -191,16 +198,24 @@ where
         without_index: Vec::new(),
         with_index: Vec::new(),
         with_watchers: Vec::new(),
+        postgres_us_with_index: Vec::new(),
+        postgres_us_without_index: Vec::new(),
         verified: true,
         watched: Vec::new(),
         api_peak_rss_mib: None,
     };
     let rate = |report: &Report| report.pipeline.persisted_per_s.unwrap_or(0.0);
+    let postgres = |report: &Report, into: &mut Vec<f64>| {
+        if let Some(cpu) = report.pipeline.process_cpu.get("postgres") {
+            into.push(cpu.us_per_like);
+        }
+    };
     for trial in 1..=trials {
         checkpoint(&mut db).await;
         let report = spike(format!("indexed{trial}")).await?;
         arms.verified &= report.passed();
         arms.with_index.push(rate(&report));
+        postgres(&report, &mut arms.postgres_us_with_index);
 
         let run = format!("watched{trial}");
         let hot = Names::of(&run).post(crate::scenario::HOT_POST);
@@ -217,6 +232,7 @@ where
         let report = report?;
         arms.verified &= report.passed();
         arms.without_index.push(rate(&report));
+        postgres(&report, &mut arms.postgres_us_without_index);
     }
     arms.api_peak_rss_mib = crate::procfs::peak_rss_mib(&services.api_pid().to_string());
     Ok(arms)
@@ -497,6 +513,16 @@ pub fn summary(
             crate::bench::n(without),
             with / without
         );
+        if let (Some(with), Some(without)) = (
+            median(&arms.postgres_us_with_index),
+            median(&arms.postgres_us_without_index),
+        ) {
+            let _ = writeln!(
+                s,
+                "| … PostgreSQL CPU per like, with the index / without (median) | {with:.1} µs / {without:.1} µs = **{:.2}** |",
+                with / without
+            );
+        }
         let _ = writeln!(
             s,
             "| … with {} WatchLikeCounts streams on the hot post / without | {} / {} = **{:.3}** |",
@@ -600,6 +626,8 @@ mod tests {
             without_index: vec![20_000.0, 21_000.0, 19_000.0],
             with_index: vec![19_000.0, 20_000.0, 21_000.0],
             with_watchers: vec![18_000.0, 19_000.0, 20_000.0],
+            postgres_us_with_index: vec![11.0, 12.0, 10.0],
+            postgres_us_without_index: vec![10.0, 9.0, 8.0],
             verified: true,
             watched: vec![Watched {
                 streams: 1000,
@@ -618,6 +646,7 @@ mod tests {
             "100,000 likers, 100 a page: p99 of page 500 / page 1 | 1.5 ms / 1.0 ms = **1.50×**",
             "(median of 3 interleaved) | 20,000 / 20,000 = **1.000** |",
             "| 19,000 / 20,000 = **0.950** |",
+            "with the index / without (median) | 11.0 µs / 9.0 µs = **1.22** |",
             "| **1000 / 1000**; 130.0 ms / 260.0 ms / **260.0 ms**; **0**; 30.0 |",
             "| **80 MiB** |",
             "every acknowledged like stored once",
