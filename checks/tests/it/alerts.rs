@@ -29,7 +29,8 @@ fn alerts(groups: &Value) -> Vec<Value> {
         .collect()
 }
 
-fn promtool(args: &[&str]) {
+/// Runs promtool (from `make tools`) in the workspace; fails on its error.
+pub(crate) fn promtool(args: &[&str]) {
     let output = Command::new(tools::require("promtool"))
         .args(args)
         .current_dir(repo::root())

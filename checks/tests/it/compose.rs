@@ -173,17 +173,28 @@ fn broker_credentials(service: &Value) -> (String, String) {
     )
 }
 
-/// Every disagreement of one compose file (its text) with the defaults.
-fn problems(compose: &str, defaults: &Defaults) -> Vec<String> {
+/// A compose file's text as YAML, merge keys resolved.
+fn parse(compose: &str) -> Value {
     let mut compose: Value = serde_yaml_ng::from_str(compose).expect("compose files are YAML");
     compose.apply_merge().expect("merge keys resolve");
-    let services: BTreeMap<String, &Value> = compose
+    compose
+}
+
+/// A parsed compose file's services by name.
+fn services(compose: &Value) -> BTreeMap<String, &Value> {
+    compose
         .get("services")
         .and_then(Value::as_mapping)
         .expect("a services mapping")
         .iter()
         .map(|(name, service)| (text(name), service))
-        .collect();
+        .collect()
+}
+
+/// Every disagreement of one compose file (its text) with the defaults.
+fn problems(compose: &str, defaults: &Defaults) -> Vec<String> {
+    let compose = parse(compose);
+    let services = services(&compose);
     let declared_volumes: Vec<String> = compose
         .get("volumes")
         .and_then(Value::as_mapping)
@@ -561,15 +572,8 @@ fn observability_problems(
     defaults: &Defaults,
     read: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<String> {
-    let mut compose: Value = serde_yaml_ng::from_str(compose).expect("compose files are YAML");
-    compose.apply_merge().expect("merge keys resolve");
-    let services: BTreeMap<String, &Value> = compose
-        .get("services")
-        .and_then(Value::as_mapping)
-        .expect("a services mapping")
-        .iter()
-        .map(|(name, service)| (text(name), service))
-        .collect();
+    let compose = parse(compose);
+    let services = services(&compose);
     let image_env = dockerfile_env(&repo::read("Dockerfile"));
     let of_image = |prefix: &str| -> Vec<(&String, &Value)> {
         services
@@ -808,15 +812,5 @@ fn the_observability_profile_watches_the_services_of_its_compose_file() {
 #[ignore = "needs promtool from `make tools`; `make test` runs it"]
 fn the_observability_profile_s_prometheus_config_is_valid() {
     // promtool also reads the rule files the config names.
-    let output = Command::new(tools::require("promtool"))
-        .args(["check", "config", "deploy/prometheus/prometheus.yml"])
-        .current_dir(repo::root())
-        .output()
-        .expect("promtool runs");
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    crate::alerts::promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
 }

@@ -49,12 +49,12 @@ impl Role {
 
     /// `url` with this role as the user.
     fn url(&self) -> anyhow::Result<String> {
-        let (server, database) = likes_testkit::split_database_url(&self.database_url)?;
-        let host = server.rsplit('@').next().unwrap_or(server);
-        let host = host.trim_start_matches("postgres://");
+        let target = likes_db::Target::parse(&self.database_url)?;
+        let database = target.dbname().unwrap_or_default();
         Ok(format!(
-            "postgres://{}@{host}/{database}?sslmode=disable",
-            self.name
+            "postgres://{}@{}/{database}?sslmode=disable",
+            self.name,
+            target.server_label()
         ))
     }
 }
