@@ -273,6 +273,27 @@ impl TestEnv {
         Ok(message.map(|message| message.delivery))
     }
 
+    /// Takes every ready message off `queue` (acked: they are gone) and
+    /// returns their events in queue order: one message may hold many.
+    pub async fn take_events(&self, queue: &str) -> anyhow::Result<Vec<LikeEvent>> {
+        let connection = likes_queue::connect(&self.settings.amqp, "likes-test-take").await?;
+        let channel = connection.create_channel().await?;
+        let mut events = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                queue.into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .with_context(|| format!("reading from {queue}"))?
+        {
+            let delivery = message.delivery;
+            events.extend(codec::decode(&delivery.properties, &delivery.data)?.events);
+        }
+        let _ = connection.close(200, "done".into()).await;
+        Ok(events)
+    }
+
     /// What the dead-letter queue holds (left in place).
     pub async fn dead_letters(&self) -> anyhow::Result<Vec<likes_queue::dead_letters::DeadLetter>> {
         let (connection, channel) = self.amqp().await?;
