@@ -48,6 +48,11 @@ pub struct BenchOptions {
     /// cross-check even where they are present (--quick never runs them).
     #[arg(long)]
     pub no_cross_check: bool,
+    /// Run only the product pages' spike arms (with and without the likers
+    /// index, with the watchers), this many interleaved trials each, to
+    /// settle their ratios; results in `arms.json` and `arms.md`.
+    #[arg(long, value_name = "TRIALS")]
+    pub arms_only: Option<u32>,
 }
 
 /// Everything one `bench` run measured.
@@ -271,6 +276,56 @@ async fn hottest_post(services: &Services) -> anyhow::Result<String> {
 }
 
 /// Runs the benchmark; `Ok(false)` when a verification failed.
+/// The product pages' spike arms ([`pages::spike_arms`]) against `services`:
+/// the default spike, 1000 watchers (both scaled).
+async fn spike_arms(
+    services: &Services,
+    broker: Option<u32>,
+    scale: f64,
+    trials: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<pages::SpikeArms> {
+    let spike_likes = scaled(100_000, scale, 1_000);
+    let watchers = u32::try_from(scaled(1_000, scale, 100)).unwrap_or(1_000);
+    let arm = |run: String| async move {
+        phase(
+            &format!("arm-{run}"),
+            services,
+            broker,
+            |o| {
+                o.likes = spike_likes;
+                o.run_id = Some(run.clone());
+            },
+            out,
+        )
+        .await
+    };
+    pages::spike_arms(services, trials, watchers, arm).await
+}
+
+/// `bench --arms-only N`: only [`spike_arms`], N trials, on fresh processes.
+async fn arms_only(
+    bin_dir: &std::path::Path,
+    queue: QueueKind,
+    broker: Option<u32>,
+    scale: f64,
+    trials: u32,
+    out: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let services = Services::start(bin_dir, None).await?;
+    let arms = spike_arms(&services, broker, scale, trials, out).await?;
+    services.stop().await?;
+    std::fs::write(out.join("arms.json"), serde_json::to_string_pretty(&arms)?)?;
+    let mut text = format!(
+        "# likes spike arms\n\n{}\n\n| Spike arms | Measured |\n|---|---|\n",
+        run_line(queue.as_str(), scale)
+    );
+    pages::arms_summary(&mut text, &arms);
+    std::fs::write(out.join("arms.md"), &text)?;
+    print!("{text}");
+    Ok(arms.verified)
+}
+
 pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let scale = options
         .scale
@@ -287,6 +342,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let broker = crate::procfs::broker_pid();
     if broker.is_none() {
         eprintln!("bench: the broker's pid is unknown (rabbitmqctl eval); its CPU is not measured");
+    }
+    if let Some(trials) = options.arms_only {
+        return arms_only(&bin_dir, queue, broker, scale, trials.max(1), out).await;
     }
 
     let pipe_likes = scaled(200_000, scale, 2_000);
@@ -446,24 +504,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         )
         .await?,
     );
-    let watchers = u32::try_from(scaled(1_000, scale, 100)).unwrap_or(1_000);
-    let arm = |run: String| {
-        let services = &services;
-        async move {
-            phase(
-                &format!("arm-{run}"),
-                services,
-                broker,
-                |o| {
-                    o.likes = spike_likes;
-                    o.run_id = Some(run.clone());
-                },
-                out,
-            )
-            .await
-        }
-    };
-    let spike_arms = Some(pages::spike_arms(&services, trials, watchers, arm).await?);
+    let spike_arms = Some(spike_arms(&services, broker, scale, trials, out).await?);
     services.stop().await?;
 
     let services = Services::start(&bin_dir, Some(QueueKind::Quorum)).await?;
@@ -530,6 +571,18 @@ fn shared_counts_exact(r: &BenchResults) -> bool {
 }
 
 /// A whole number with thousands separators: 12,345.
+/// What a run was: its queue, its processes, its scale.
+fn run_line(queue: &str, scale: f64) -> String {
+    format!(
+        "`make bench`: {queue} queue, api and worker as processes with their defaults{}.",
+        if scale < 1.0 {
+            format!(", every phase scaled by {scale} (a quick check, not the benchmark)")
+        } else {
+            String::new()
+        }
+    )
+}
+
 pub(crate) fn n(x: f64) -> String {
     let digits = format!("{:.0}", x.abs());
     let mut out = String::new();
@@ -638,19 +691,7 @@ pub fn summary(r: &BenchResults) -> String {
     let e2e_text = or_na(e2e.map(n));
     let ratio = |per_s: f64| or_na(e2e.map(|e| format!("{:.2}", e / per_s)));
     let us = |x: Option<f64>| or_na(x.map(|us| format!("{us:.1} µs")));
-    let _ = writeln!(
-        s,
-        "`make bench`: {} queue, api and worker as processes with their defaults{}.\n",
-        r.queue,
-        if r.scale < 1.0 {
-            format!(
-                ", every phase scaled by {} (a quick check, not the benchmark)",
-                r.scale
-            )
-        } else {
-            String::new()
-        }
-    );
+    let _ = writeln!(s, "{}\n", run_line(&r.queue, r.scale));
     let mut row = |what: String, measured: String| {
         let _ = writeln!(s, "| {what} | {measured} |");
     };

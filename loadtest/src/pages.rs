@@ -143,7 +143,8 @@ fn micros(elapsed: Duration) -> u64 {
 
 /// The default spike three ways, interleaved trial by trial: without the
 /// likers index, with it (the default), and with it while watchers follow
-/// the hot post's count; a CHECKPOINT before each arm.
+/// the hot post's count; each trial in another order, a CHECKPOINT before
+/// each arm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpikeArms {
     /// Each arm's end-to-end likes/s, trial by trial.
@@ -211,31 +212,53 @@ where
         }
     };
     for trial in 1..=trials {
-        checkpoint(&mut db).await;
-        let report = spike(format!("indexed{trial}")).await?;
-        arms.verified &= report.passed();
-        arms.with_index.push(rate(&report));
-        postgres(&report, &mut arms.postgres_us_with_index);
-
-        let run = format!("watched{trial}");
-        let hot = Names::of(&run).post(crate::scenario::HOT_POST);
-        checkpoint(&mut db).await;
-        let (report, watched) = watching(services, &hot, watchers, spike(run)).await?;
-        arms.verified &= report.passed();
-        arms.with_watchers.push(rate(&report));
-        arms.watched.push(watched);
-
-        index.drop(&mut db).await?;
-        checkpoint(&mut db).await;
-        let report = spike(format!("unindexed{trial}")).await;
-        index.create(&mut db).await?;
-        let report = report?;
-        arms.verified &= report.passed();
-        arms.without_index.push(rate(&report));
-        postgres(&report, &mut arms.postgres_us_without_index);
+        // Each trial runs the three arms in another order, so no arm always
+        // follows the index's rebuild or runs first on a drifting host.
+        let mut order = Arm::ALL;
+        order.rotate_left((trial as usize - 1) % Arm::ALL.len());
+        for arm in order {
+            checkpoint(&mut db).await;
+            match arm {
+                Arm::WithIndex => {
+                    let report = spike(format!("indexed{trial}")).await?;
+                    arms.verified &= report.passed();
+                    arms.with_index.push(rate(&report));
+                    postgres(&report, &mut arms.postgres_us_with_index);
+                }
+                Arm::WithWatchers => {
+                    let run = format!("watched{trial}");
+                    let hot = Names::of(&run).post(crate::scenario::HOT_POST);
+                    let (report, watched) = watching(services, &hot, watchers, spike(run)).await?;
+                    arms.verified &= report.passed();
+                    arms.with_watchers.push(rate(&report));
+                    arms.watched.push(watched);
+                }
+                Arm::WithoutIndex => {
+                    index.drop(&mut db).await?;
+                    let report = spike(format!("unindexed{trial}")).await;
+                    index.create(&mut db).await?;
+                    let report = report?;
+                    arms.verified &= report.passed();
+                    arms.without_index.push(rate(&report));
+                    postgres(&report, &mut arms.postgres_us_without_index);
+                }
+            }
+        }
     }
     arms.api_peak_rss_mib = crate::procfs::peak_rss_mib(&services.api_pid().to_string());
     Ok(arms)
+}
+
+/// The arms of [`spike_arms`].
+#[derive(Debug, Clone, Copy)]
+enum Arm {
+    WithIndex,
+    WithWatchers,
+    WithoutIndex,
+}
+
+impl Arm {
+    const ALL: [Self; 3] = [Self::WithIndex, Self::WithWatchers, Self::WithoutIndex];
 }
 
 /// Writes out what the arm before left dirty (rebuilding the index writes
@@ -457,7 +480,6 @@ pub fn summary(
     arms: Option<&SpikeArms>,
 ) {
     use std::fmt::Write as _;
-    let median = |rates: &[f64]| crate::ceiling::median_by(rates.iter().copied(), |r| *r);
     let ms = |micros: u64| format!("{:.1} ms", micros as f64 / 1000.0);
     let _ = writeln!(s, "| Product pages | Measured |");
     let _ = writeln!(s, "|---|---|");
@@ -499,16 +521,37 @@ pub fn summary(
             ms(l.first_page_us.p50)
         );
     }
-    let Some(arms) = arms else { return };
+    if let Some(arms) = arms {
+        arms_summary(s, arms);
+    }
+}
+
+/// The spike arms' rows of the product pages' table. Each ratio is the
+/// median of the trials' own ratios (arms of one trial run minutes apart,
+/// trials farther), then the ratio of the arms' medians.
+pub fn arms_summary(s: &mut String, arms: &SpikeArms) {
+    use std::fmt::Write as _;
+    let median = |rates: &[f64]| crate::ceiling::median_by(rates.iter().copied(), |r| *r);
+    let ms = |micros: u64| format!("{:.1} ms", micros as f64 / 1000.0);
     let trials = arms.with_index.len();
-    if let (Some(with), Some(without), Some(watched)) = (
+    let paired = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| a / b.max(f64::MIN_POSITIVE))
+            .collect()
+    };
+    let index_ratios = paired(&arms.with_index, &arms.without_index);
+    let watcher_ratios = paired(&arms.with_watchers, &arms.with_index);
+    if let (Some(with), Some(without), Some(watched), Some(index_ratio), Some(watcher_ratio)) = (
         median(&arms.with_index),
         median(&arms.without_index),
         median(&arms.with_watchers),
+        median(&index_ratios),
+        median(&watcher_ratios),
     ) {
         let _ = writeln!(
             s,
-            "| the spike's end-to-end likes/s, with the likers index / without (median of {trials} interleaved) | {} / {} = **{:.3}** |",
+            "| the spike's end-to-end likes/s, with the likers index / without ({trials} interleaved trials): median of the trials' ratios (ratio of the medians) | **{index_ratio:.3}** ({} / {} = {:.3}) |",
             crate::bench::n(with),
             crate::bench::n(without),
             with / without
@@ -525,7 +568,7 @@ pub fn summary(
         }
         let _ = writeln!(
             s,
-            "| … with {} WatchLikeCounts streams on the hot post / without | {} / {} = **{:.3}** |",
+            "| … with {} WatchLikeCounts streams on the hot post / without: median of the trials' ratios (ratio of the medians) | **{watcher_ratio:.3}** ({} / {} = {:.3}) |",
             <[_]>::first(&arms.watched).map_or(0, |w| w.streams),
             crate::bench::n(watched),
             crate::bench::n(with),
@@ -558,12 +601,20 @@ pub fn summary(
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    let ratios = |r: &[f64]| {
+        r.iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
     let _ = writeln!(
         s,
-        "\nspike arms, end-to-end likes/s by trial: with the index {}; without {}; with watchers {}; {}\n",
+        "\nspike arms, end-to-end likes/s by trial: with the index {}; without {}; with watchers {}; ratios by trial, with the index / without {}, with watchers / without {}; {}\n",
         rates(&arms.with_index),
         rates(&arms.without_index),
         rates(&arms.with_watchers),
+        ratios(&index_ratios),
+        ratios(&watcher_ratios),
         if arms.verified {
             "every acknowledged like stored once"
         } else {
@@ -644,8 +695,9 @@ mod tests {
             "| 4,500 / 300 = **15.0×**",
             "| **1.00** / 51.00 |",
             "100,000 likers, 100 a page: p99 of page 500 / page 1 | 1.5 ms / 1.0 ms = **1.50×**",
-            "(median of 3 interleaved) | 20,000 / 20,000 = **1.000** |",
-            "| 19,000 / 20,000 = **0.950** |",
+            "(3 interleaved trials): median of the trials' ratios (ratio of the medians) | **0.952** (20,000 / 20,000 = 1.000) |",
+            "streams on the hot post / without: median of the trials' ratios (ratio of the medians) | **0.950** (19,000 / 20,000 = 0.950) |",
+            "with the index / without 0.950 / 0.952 / 1.105, with watchers / without 0.947 / 0.950 / 0.952;",
             "with the index / without (median) | 11.0 µs / 9.0 µs = **1.22** |",
             "| **1000 / 1000**; 130.0 ms / 260.0 ms / **260.0 ms**; **0**; 30.0 |",
             "| **80 MiB** |",
