@@ -158,6 +158,12 @@ pub struct SpikeArms {
     pub postgres_us_with_index: Vec<f64>,
     #[serde(default)]
     pub postgres_us_without_index: Vec<f64>,
+    /// All the processes' CPU per like (load generator, api, worker,
+    /// broker, PostgreSQL) in the arm without the index, trial by trial: on
+    /// a host whose cores the spike saturates, PostgreSQL's added CPU over
+    /// this is the share of the end-to-end rate the index costs.
+    #[serde(default)]
+    pub all_us_without_index: Vec<f64>,
     /// Every arm's reports verified (each acknowledged like stored once).
     pub verified: bool,
     /// What the watchers saw, trial by trial.
@@ -201,6 +207,7 @@ where
         with_watchers: Vec::new(),
         postgres_us_with_index: Vec::new(),
         postgres_us_without_index: Vec::new(),
+        all_us_without_index: Vec::new(),
         verified: true,
         watched: Vec::new(),
         api_peak_rss_mib: None,
@@ -241,6 +248,9 @@ where
                     arms.verified &= report.passed();
                     arms.without_index.push(rate(&report));
                     postgres(&report, &mut arms.postgres_us_without_index);
+                    let all = report.pipeline.process_cpu.values();
+                    arms.all_us_without_index
+                        .push(all.map(|cpu| cpu.us_per_like).sum());
                 }
             }
         }
@@ -566,6 +576,20 @@ pub fn arms_summary(s: &mut String, arms: &SpikeArms) {
                 with / without
             );
         }
+        let added: Vec<f64> = arms
+            .postgres_us_with_index
+            .iter()
+            .zip(&arms.postgres_us_without_index)
+            .zip(&arms.all_us_without_index)
+            .map(|((with, without), all)| (with - without) / all.max(f64::MIN_POSITIVE))
+            .collect();
+        if let Some(share) = median(&added) {
+            let _ = writeln!(
+                s,
+                "| … PostgreSQL's added CPU per like with the index / all the processes' CPU per like without it (median of the trials) | **{:.1}%** |",
+                share * 100.0
+            );
+        }
         let _ = writeln!(
             s,
             "| … with {} WatchLikeCounts streams on the hot post / without: median of the trials' ratios (ratio of the medians) | **{watcher_ratio:.3}** ({} / {} = {:.3}) |",
@@ -679,6 +703,7 @@ mod tests {
             with_watchers: vec![18_000.0, 19_000.0, 20_000.0],
             postgres_us_with_index: vec![11.0, 12.0, 10.0],
             postgres_us_without_index: vec![10.0, 9.0, 8.0],
+            all_us_without_index: vec![50.0, 40.0, 100.0],
             verified: true,
             watched: vec![Watched {
                 streams: 1000,
@@ -699,6 +724,7 @@ mod tests {
             "streams on the hot post / without: median of the trials' ratios (ratio of the medians) | **0.950** (19,000 / 20,000 = 0.950) |",
             "with the index / without 0.950 / 0.952 / 1.105, with watchers / without 0.947 / 0.950 / 0.952;",
             "with the index / without (median) | 11.0 µs / 9.0 µs = **1.22** |",
+            "all the processes' CPU per like without it (median of the trials) | **2.0%** |",
             "| **1000 / 1000**; 130.0 ms / 260.0 ms / **260.0 ms**; **0**; 30.0 |",
             "| **80 MiB** |",
             "every acknowledged like stored once",
