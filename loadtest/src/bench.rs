@@ -11,7 +11,9 @@
 //! lone sequential caller, the open loop at half the spike's rate, ten times
 //! the spike's volume and the direct baseline; on fresh processes 1000
 //! callers (peak RSS) followed by the read benchmark; on fresh processes
-//! with quorum queues the spike again. `--quick` scales every phase down.
+//! ListLikers and the product pages' spike arms ([`pages`]); on fresh
+//! processes with quorum queues the spike again. `--quick` scales every
+//! phase down; `--arms-only N` runs only the spike arms.
 
 use crate::{
     Options, ProgressView, Report,
@@ -504,7 +506,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
         )
         .await?,
     );
-    let spike_arms = Some(spike_arms(&services, broker, scale, trials, out).await?);
+    // Their ratios are a few per cent wide, within the host's noise for
+    // one round: three times the other phases' trials.
+    let spike_arms = Some(spike_arms(&services, broker, scale, trials * 3, out).await?);
     services.stop().await?;
 
     let services = Services::start(&bin_dir, Some(QueueKind::Quorum)).await?;
