@@ -277,7 +277,6 @@ async fn hottest_post(services: &Services) -> anyhow::Result<String> {
     Ok(post.post_id)
 }
 
-/// Runs the benchmark; `Ok(false)` when a verification failed.
 /// The product pages' spike arms ([`pages::spike_arms`]) against `services`:
 /// the default spike, 1000 watchers (both scaled).
 async fn spike_arms(
@@ -328,6 +327,7 @@ async fn arms_only(
     Ok(arms.verified)
 }
 
+/// Runs the benchmark; `Ok(false)` when a verification failed.
 pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let scale = options
         .scale
@@ -574,7 +574,6 @@ fn shared_counts_exact(r: &BenchResults) -> bool {
     r.shared_client_spikes.iter().all(|t| t.counts_exact)
 }
 
-/// A whole number with thousands separators: 12,345.
 /// What a run was: its queue, its processes, its scale.
 fn run_line(queue: &str, scale: f64) -> String {
     format!(
@@ -587,6 +586,7 @@ fn run_line(queue: &str, scale: f64) -> String {
     )
 }
 
+/// A whole number with thousands separators: 12,345.
 pub(crate) fn n(x: f64) -> String {
     let digits = format!("{:.0}", x.abs());
     let mut out = String::new();
