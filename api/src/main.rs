@@ -51,7 +51,11 @@ async fn run(settings: Settings, start: Start) -> anyhow::Result<()> {
         settings.telemetry.sample_ratio,
     )?;
     telemetry::init_with(settings.log.format, "info", traces.as_ref());
-    telemetry::serve_metrics(&settings.api.metrics_listen, "LIKES__API__METRICS_LISTEN")?;
+    telemetry::serve_metrics(
+        &settings.api.metrics_listen,
+        "LIKES__API__METRICS_LISTEN",
+        telemetry::catalog::Role::Api,
+    )?;
     tracing::debug!(?settings, "settings loaded");
     let listener = tokio::net::TcpListener::bind(settings.api.listen)
         .await

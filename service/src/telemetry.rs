@@ -209,7 +209,8 @@ pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
 /// them at `http://<listen>/metrics`, with the health probes `/healthz` and
 /// `/readyz` of [`Health::process`]; an empty `listen` turns all of it off.
 /// `setting` names the variable that sets `listen`
-/// (`LIKES__API__METRICS_LISTEN`, ...), for the warning below. Call once,
+/// (`LIKES__API__METRICS_LISTEN`, ...), for the warning below; `role`'s
+/// counters start at 0 ([`catalog::register_counters`]). Call once,
 /// from `main`, inside the runtime. Durations are histograms in seconds.
 ///
 /// Besides the binary's own metrics (described by [`catalog`]), the
@@ -223,7 +224,11 @@ pub fn sample(body: &str, name: &str, labels: Option<&str>) -> Option<f64> {
 /// `setting`, keeps recording, and runs on without an endpoint: a second
 /// process on one host must not fail to start over its metrics. The
 /// process id on every answer tells health checks whose endpoint they read.
-pub fn serve_metrics(listen: &str, setting: &str) -> Result<MetricsEndpoint, MetricsError> {
+pub fn serve_metrics(
+    listen: &str,
+    setting: &str,
+    role: catalog::Role,
+) -> Result<MetricsEndpoint, MetricsError> {
     if listen.is_empty() {
         return Ok(MetricsEndpoint::Off);
     }
@@ -232,6 +237,7 @@ pub fn serve_metrics(listen: &str, setting: &str) -> Result<MetricsEndpoint, Met
         .map_err(|_| MetricsError::Address(listen.to_owned()))?;
     let handle = install_recorder()?;
     catalog::describe_all();
+    catalog::register_counters(role);
     let process = metrics_process::Collector::default();
     process.describe();
     metrics::gauge!("likes_process_id").set(f64::from(std::process::id()));

@@ -340,21 +340,31 @@ pub async fn scrape(addr: &str) -> anyhow::Result<String> {
     Ok(likes_service::telemetry::fetch_metrics(addr).await?)
 }
 
+use likes_service::telemetry::catalog::{Role, counters_at_start};
 pub use likes_service::telemetry::sample;
 
 /// Asserts what a scrape of a freshly started, connected process shows:
-/// `likes_amqp_connected{role}` 1, `likes_build_info` of this version, process
-/// metrics (resident memory above 1 MB), and `# HELP` for every `likes_` metric.
-pub fn assert_started_metrics(body: &str, role: &str) {
+/// `likes_amqp_connected{role}` 1, every counter of [`counters_at_start`],
+/// `likes_build_info` of this version, process metrics (resident memory
+/// above 1 MB), and `# HELP` for every `likes_` metric.
+pub fn assert_started_metrics(body: &str, role: Role) {
     assert_eq!(
         sample(
             body,
             "likes_amqp_connected",
-            Some(&format!("role=\"{role}\""))
+            Some(&format!("role=\"{}\"", role.as_str()))
         ),
         Some(1.0),
         "{body}"
     );
+    for (name, label) in counters_at_start(role) {
+        let label = label.map(|(key, value)| format!("{key}=\"{value}\""));
+        assert!(
+            sample(body, name, label.as_deref()).is_some(),
+            "{name}{{{}}} is exported from the start: {body}",
+            label.as_deref().unwrap_or("")
+        );
+    }
     let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
     assert_eq!(
         sample(body, "likes_build_info", Some(&version)),

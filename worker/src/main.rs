@@ -63,6 +63,7 @@ async fn run(settings: Settings, start: Start, pid: Option<u32>) -> anyhow::Resu
     telemetry::serve_metrics(
         &settings.worker.metrics_listen,
         "LIKES__WORKER__METRICS_LISTEN",
+        telemetry::catalog::Role::Worker,
     )?;
     tracing::debug!(?settings, "settings loaded");
     let worker = likes_worker::Worker::build(&settings).await?;

@@ -41,7 +41,7 @@ async fn readyz_follows_the_broker_link_while_healthz_and_the_health_check_stay_
 
     // What a scrape right after the start shows.
     let body = scrape(&metrics).await?;
-    assert_started_metrics(&body, "api");
+    assert_started_metrics(&body, likes_service::telemetry::catalog::Role::Api);
     for process_metric in [
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",

@@ -48,6 +48,9 @@ pub struct Metric {
     /// `None` for a state (a 0/1 gauge, an id) rather than a quantity.
     pub unit: Option<Unit>,
     pub help: &'static str,
+    /// For a counter with one label, every value it takes; empty when the
+    /// values are open (a method, a server) or the label is `role`.
+    pub values: &'static [&'static str],
 }
 
 const fn metric(
@@ -65,6 +68,14 @@ const fn metric(
         kind,
         unit,
         help,
+        values: &[],
+    }
+}
+
+impl Metric {
+    /// This metric with the closed set of its one label's `values`.
+    const fn values(self, values: &'static [&'static str]) -> Self {
+        Self { values, ..self }
     }
 }
 
@@ -124,7 +135,8 @@ pub const METRICS: &[Metric] = &[
         Counter,
         COUNT,
         "Calls refused before any handler ran, by reason: concurrency, stalled_body, body_bytes, content_type.",
-    ),
+    )
+    .values(&["concurrency", "stalled_body", "body_bytes", "content_type"]),
     metric(
         "likes_deadlines_exceeded_total",
         Api,
@@ -148,7 +160,8 @@ pub const METRICS: &[Metric] = &[
         Counter,
         COUNT,
         "Posts looked up in the count cache, by result: hit (fresh), miss (loaded or failed), stale (served past expiry while PostgreSQL could not be read).",
-    ),
+    )
+    .values(&["hit", "miss", "stale"]),
     metric(
         "likes_count_cache_loads_total",
         Api,
@@ -164,7 +177,8 @@ pub const METRICS: &[Metric] = &[
         Counter,
         COUNT,
         "Count changes pushed by the workers, by outcome: applied, or stale (the cache held a newer version).",
-    ),
+    )
+    .values(&["applied", "stale"]),
     metric(
         "likes_count_cache_entries",
         Api,
@@ -260,7 +274,8 @@ pub const METRICS: &[Metric] = &[
         Counter,
         COUNT,
         "Count-change messages pushed to the apis after committed batches, by outcome: published or failed.",
-    ),
+    )
+    .values(&["published", "failed"]),
     metric(
         "likes_queue_depth",
         Worker,
@@ -358,6 +373,41 @@ pub fn describe_all() {
     }
 }
 
+/// The counters `role` (`Api` or `Worker`) exports whose series are known
+/// at start, each with its one label and value if it has one: those without
+/// labels, with the `role` label, or with a closed set of [`Metric::values`].
+pub fn counters_at_start(role: Role) -> Vec<(&'static str, Option<(&'static str, &'static str)>)> {
+    let ours =
+        |metric: &&Metric| metric.kind == Counter && (metric.role == role || metric.role == Both);
+    let mut series = Vec::new();
+    for metric in METRICS.iter().filter(ours) {
+        match metric.labels {
+            [] => series.push((metric.name, None)),
+            ["role"] => series.push((metric.name, Some(("role", role.as_str())))),
+            [label] => series.extend(
+                metric
+                    .values
+                    .iter()
+                    .map(|&value| (metric.name, Some((*label, value)))),
+            ),
+            _ => {}
+        }
+    }
+    series
+}
+
+/// Registers [`counters_at_start`] at 0, so each series exists from the
+/// first scrape and `increase()` sees the first dead letter, retry or
+/// failure instead of a series that appears at 1.
+pub fn register_counters(role: Role) {
+    for (name, label) in counters_at_start(role) {
+        match label {
+            None => metrics::counter!(name).increment(0),
+            Some((key, value)) => metrics::counter!(name, key => value).increment(0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -378,6 +428,21 @@ mod tests {
                 assert!(metric.name.ends_with("_seconds"), "{}", metric.name);
             }
             assert!(metric.help.ends_with('.'), "{}", metric.name);
+        }
+    }
+
+    #[test]
+    fn closed_label_values_belong_to_one_label_counters_and_their_help_names_them() {
+        for metric in METRICS.iter().filter(|m| !m.values.is_empty()) {
+            assert_eq!(metric.kind, Counter, "{}", metric.name);
+            assert!(
+                matches!(metric.labels, [label] if *label != "role"),
+                "{}",
+                metric.name
+            );
+            for value in metric.values {
+                assert!(metric.help.contains(value), "{}: {value}", metric.name);
+            }
         }
     }
 }

@@ -22,13 +22,15 @@
 //!   selectors are found by [`series_selectors`], a small PromQL scanner
 //!   (unit-tested below). A selector it got wrong finds nothing and fails
 //!   the test. The checks name no metric: they run what the dashboard and
-//!   the rules say (the faults below read a few counters of the processes
-//!   only to know when a fault has had its effect).
+//!   the rules say (the fault below reads a counter of the processes only
+//!   to know when it has had its effect).
 //!
-//! Some series exist only once something went wrong (a dead letter, a
-//! retried and handed-back batch, a reconnection, a failed confirm, a failed
-//! count push), so the test makes each happen, as [`make_every_series_exist`]
-//! says; nothing is exempted.
+//! The binaries export every counter whose labels are known at start at 0
+//! (a dead letter, a retried or handed-back batch, a reconnection, a failed
+//! count push: `catalog::register_counters`). A failed confirm is a
+//! histogram's observation, which exists only once one happened, so the
+//! test makes one happen, as [`make_every_series_exist`] says; nothing is
+//! exempted.
 //!
 //! The binaries are the ones cargo built beside this test (`target/debug`):
 //! `make test` builds every binary first; alone, run `cargo build --bin
@@ -107,9 +109,8 @@ async fn every_dashboard_query_and_every_series_the_alerts_read_has_data() -> an
     let stop = CancellationToken::new();
     let reads = tokio::spawn(read_steadily(services.client.clone(), stop.clone()));
     let checked = async {
-        make_every_series_exist(&env, &services).await?;
-        // Likes from now on, so the rates and histograms have data: only
-        // now, as the faults above count the worker's batches one by one.
+        make_every_series_exist(&services).await?;
+        // Likes from now on, so the rates and histograms have data.
         let steady = tokio::spawn(load::like_steadily(
             vec![services.client.clone()],
             "steady".into(),
@@ -144,13 +145,12 @@ async fn every_dashboard_query_and_every_series_the_alerts_read_has_data() -> an
     reads
 }
 
-/// The api and the worker as processes, each reaching RabbitMQ through
-/// one fault proxy, and the worker PostgreSQL through another.
+/// The api and the worker as processes, both reaching RabbitMQ through one
+/// fault proxy.
 struct Services {
     _api: ServiceProcess,
     _worker: ServiceProcess,
     broker: FaultProxy,
-    database: FaultProxy,
     client: LikeServiceClient<Channel>,
     api_metrics: String,
     worker_metrics: String,
@@ -159,7 +159,6 @@ struct Services {
 impl Services {
     async fn start(env: &TestEnv) -> anyhow::Result<Self> {
         let broker = FaultProxy::start("127.0.0.1:5672".parse()?).await?;
-        let database = FaultProxy::start("127.0.0.1:5432".parse()?).await?;
 
         let mut api = env.settings_with_broker_at(broker.addr());
         api.api.listen = format!("127.0.0.1:{}", free_port()?).parse()?;
@@ -170,11 +169,9 @@ impl Services {
         // nothing), so that the replica metrics exist.
         api.database.read_urls = SecretUrl::new(env.settings.database.url.expose());
 
-        let mut worker = env.settings_with_database_at(database.addr())?;
+        let mut worker = env.settings.clone();
         worker.amqp.url = api.amqp.url.clone();
         worker.worker.metrics_listen = format!("127.0.0.1:{}", free_port()?);
-        // A batch the database cannot take is handed back after a second.
-        worker.worker.retry_budget_ms = 1_000;
 
         let worker_process = spawn(&binary("likes-worker")?, &worker)?;
         let api_process = spawn(&binary("likes-api")?, &api)?;
@@ -191,7 +188,6 @@ impl Services {
             _api: api_process,
             _worker: worker_process,
             broker,
-            database,
             client,
             api_metrics: api.api.metrics_listen,
             worker_metrics: worker.worker.metrics_listen,
@@ -232,18 +228,10 @@ fn spawn(binary: &Path, settings: &Settings) -> anyhow::Result<ServiceProcess> {
 }
 
 /// A few hundred Likes, some Unlikes and reads of every kind; then what
-/// makes the series exist that a healthy service never writes, one after
-/// the other, each with Likes of its own:
-///
-/// - a message that is no event: dead-lettered;
-/// - PostgreSQL cut off from the worker past its retry budget: the write
-///   retried, then the batch handed back;
-/// - the counts exchange deleted, then declared again as another type: the
-///   worker's next count push goes nowhere (RabbitMQ closes the channel it
-///   used), and the one after fails, as re-declaring the exchange is refused;
-/// - RabbitMQ stalled for longer than the api's confirm timeout, then the
-///   connections cut: a failed confirm, and both processes reconnect.
-async fn make_every_series_exist(env: &TestEnv, services: &Services) -> anyhow::Result<()> {
+/// makes the one series exist that a healthy service never writes: RabbitMQ
+/// stalled for longer than the api's confirm timeout (a failed confirm),
+/// then the connections cut, and both processes reconnected and ready.
+async fn make_every_series_exist(services: &Services) -> anyhow::Result<()> {
     let mut client = services.client.clone();
     let liked = load::like_all(
         std::slice::from_ref(&client),
@@ -262,38 +250,6 @@ async fn make_every_series_exist(env: &TestEnv, services: &Services) -> anyhow::
     }
     read_once(&mut client, "post-0", "load-user-0").await?;
 
-    let (connection, channel) = env.amqp().await?;
-    env.publish_raw(&channel, b"\xde\xad\xbe\xef not a LikeEvent")
-        .await?;
-    env.wait_for_queue_depth(
-        &env.settings.amqp.dead_letter_queue,
-        1,
-        Duration::from_secs(20),
-    )
-    .await?;
-
-    let worker = services.worker_metrics.as_str();
-    services.database.cut();
-    let outage = like_each(&mut client, "outage", 5).await;
-    let handed_back = Services::wait_for_counter(
-        worker,
-        "likes_batches_requeued_total",
-        None,
-        0.0,
-        Duration::from_secs(20),
-    )
-    .await;
-    services.database.restore();
-    outage?;
-    handed_back?;
-    // Everything before is written: no count push of it is still to come.
-    env.wait_for_count("outage", 5, Duration::from_secs(30))
-        .await?;
-
-    let counts = &env.settings.amqp.counts_exchange;
-    fail_a_count_push(&mut client, &channel, counts, worker).await?;
-    let _ = connection.close(200, "done".into()).await;
-
     services.broker.stall();
     let mut request = tonic::Request::new(LikeRequest {
         post_id: "stalled".into(),
@@ -309,7 +265,7 @@ async fn make_every_series_exist(env: &TestEnv, services: &Services) -> anyhow::
     );
     for (addr, role) in [
         (services.api_metrics.as_str(), "role=\"api\""),
-        (worker, "role=\"worker\""),
+        (services.worker_metrics.as_str(), "role=\"worker\""),
     ] {
         Services::wait_for_counter(
             addr,
@@ -322,70 +278,6 @@ async fn make_every_series_exist(env: &TestEnv, services: &Services) -> anyhow::
         wait_for_readiness(addr, true, Duration::from_secs(30)).await?;
     }
     Ok(())
-}
-
-/// A Like of post `post` by `n` users.
-async fn like_each(
-    client: &mut LikeServiceClient<Channel>,
-    post: &str,
-    n: usize,
-) -> anyhow::Result<()> {
-    for i in 0..n {
-        client
-            .like(LikeRequest {
-                post_id: post.into(),
-                user_id: format!("{post}-user-{i}"),
-            })
-            .await?;
-    }
-    Ok(())
-}
-
-/// Makes the worker fail a count push (see [`make_every_series_exist`]),
-/// a Like at a time, leaving the exchange deleted for the worker to declare
-/// again. Should the broker's closing of the channel reach the worker only
-/// after its next push, that push is not refused: then again.
-async fn fail_a_count_push(
-    client: &mut LikeServiceClient<Channel>,
-    channel: &lapin::Channel,
-    exchange: &str,
-    worker: &str,
-) -> anyhow::Result<()> {
-    use lapin::{
-        ExchangeKind,
-        options::{ExchangeDeclareOptions, ExchangeDeleteOptions},
-        types::FieldTable,
-    };
-    const NAME: &str = "likes_count_messages_total";
-    const PUBLISHED: Option<&str> = Some("outcome=\"published\"");
-    const FAILED: Option<&str> = Some("outcome=\"failed\"");
-    for attempt in 0..3 {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
-        let pushed = Services::counter(worker, NAME, PUBLISHED).await?;
-        like_each(client, &format!("unrouted-{attempt}"), 1).await?;
-        Services::wait_for_counter(worker, NAME, PUBLISHED, pushed, Duration::from_secs(20))
-            .await?;
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        like_each(client, &format!("refused-{attempt}"), 1).await?;
-        let failed =
-            Services::wait_for_counter(worker, NAME, FAILED, 0.0, Duration::from_secs(5)).await;
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
-        if failed.is_ok() {
-            return Ok(());
-        }
-    }
-    anyhow::bail!("no count push failed in three tries")
 }
 
 /// One call of each read.

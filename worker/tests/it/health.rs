@@ -36,7 +36,7 @@ async fn readyz_says_whether_the_worker_consumes_while_healthz_stays_ok() -> any
     likes_worker::readiness_check(&settings, pid).await?;
 
     let body = scrape(&metrics).await?;
-    assert_started_metrics(&body, "worker");
+    assert_started_metrics(&body, likes_service::telemetry::catalog::Role::Worker);
     assert!(sample(&body, "process_open_fds", None).is_some(), "{body}");
 
     // Broker gone: not ready, with the reason, and still live.
