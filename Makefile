@@ -125,7 +125,7 @@ check-k8s: tools
 	$(CARGO) test --locked -p likes-checks --test it k8s:: -- --include-ignored
 
 ## Every figure of BENCHMARKS.md, with its ceilings, from one run
-## (~15 min; ARGS="--quick" for a shortened check; ARGS="--arms-only 9" for
+## (~25 min; ARGS="--quick" for a shortened check; ARGS="--arms-only 9" for
 ## only the product pages' spike arms, 9 interleaved trials). Results in target/bench/.
 bench: services
 	$(CARGO) build --release --locked --bin likes-api --bin likes-worker --bin likes-loadtest
