@@ -136,6 +136,11 @@ pub struct Viewers {
 /// The open-loop Like rate the readers' cost on the writes is read at.
 const LIKE_RATE_UNDER_READERS: u32 = 3_000;
 
+/// The default spike's likes at `scale`.
+fn spike_likes(scale: f64) -> u64 {
+    scaled(100_000, scale, 1_000)
+}
+
 fn scaled(n: u64, scale: f64, least: u64) -> u64 {
     ((n as f64 * scale).round() as u64).max(least)
 }
@@ -286,7 +291,7 @@ async fn spike_arms(
     trials: u32,
     out: &std::path::Path,
 ) -> anyhow::Result<pages::SpikeArms> {
-    let spike_likes = scaled(100_000, scale, 1_000);
+    let spike_likes = spike_likes(scale);
     let watchers = u32::try_from(scaled(1_000, scale, 100)).unwrap_or(1_000);
     let arm = |run: String| async move {
         phase(
@@ -369,7 +374,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<bool> {
     let packed_pipe = pipes.pop().expect("two pipes");
     let pipe = pipes.pop().expect("two pipes");
 
-    let spike_likes = scaled(100_000, scale, 1_000);
+    let spike_likes = spike_likes(scale);
     if cross_check {
         // Before our own echo, so ours runs right before the spike.
         eprintln!("== cross-check: ../shared/grpc-ceiling");

@@ -257,28 +257,12 @@ impl TestEnv {
         Ok(id)
     }
 
-    /// Takes the next ready message off `queue` (acked: it is gone), or
-    /// `None` when there is none.
-    pub async fn take_message(&self, queue: &str) -> anyhow::Result<Option<likes_queue::Delivery>> {
+    /// Takes every ready message off `queue` (acked: they are gone), in
+    /// queue order, over one connection.
+    pub async fn take_messages(&self, queue: &str) -> anyhow::Result<Vec<likes_queue::Delivery>> {
         let connection = likes_queue::connect(&self.settings.amqp, "likes-test-take").await?;
         let channel = connection.create_channel().await?;
-        let message = channel
-            .basic_get(
-                queue.into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .with_context(|| format!("reading from {queue}"))?;
-        let _ = connection.close(200, "done".into()).await;
-        Ok(message.map(|message| message.delivery))
-    }
-
-    /// Takes every ready message off `queue` (acked: they are gone) and
-    /// returns their events in queue order: one message may hold many.
-    pub async fn take_events(&self, queue: &str) -> anyhow::Result<Vec<LikeEvent>> {
-        let connection = likes_queue::connect(&self.settings.amqp, "likes-test-take").await?;
-        let channel = connection.create_channel().await?;
-        let mut events = Vec::new();
+        let mut messages = Vec::new();
         while let Some(message) = channel
             .basic_get(
                 queue.into(),
@@ -287,10 +271,19 @@ impl TestEnv {
             .await
             .with_context(|| format!("reading from {queue}"))?
         {
-            let delivery = message.delivery;
-            events.extend(codec::decode(&delivery.properties, &delivery.data)?.events);
+            messages.push(message.delivery);
         }
         let _ = connection.close(200, "done".into()).await;
+        Ok(messages)
+    }
+
+    /// The events of [`Self::take_messages`], in queue order: one message
+    /// may hold many.
+    pub async fn take_events(&self, queue: &str) -> anyhow::Result<Vec<LikeEvent>> {
+        let mut events = Vec::new();
+        for message in self.take_messages(queue).await? {
+            events.extend(codec::decode(&message.properties, &message.data)?.events);
+        }
         Ok(events)
     }
 

@@ -343,7 +343,7 @@ async fn without_an_otlp_endpoint_nothing_is_traced_and_messages_carry_no_header
         answer?;
     }
     let mut messages = 0;
-    while let Some(message) = env.take_message(&env.settings.amqp.queue).await? {
+    for message in env.take_messages(&env.settings.amqp.queue).await? {
         assert_eq!(message.properties.headers(), &None, "message {messages}");
         messages += 1;
     }

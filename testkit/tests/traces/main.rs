@@ -87,8 +87,10 @@ async fn a_like_s_trace_reaches_the_batch_span_that_wrote_it() -> anyhow::Result
         })
         .await?;
     let message = env
-        .take_message(&env.settings.amqp.queue)
+        .take_messages(&env.settings.amqp.queue)
         .await?
+        .into_iter()
+        .next()
         .context("the api published the like")?;
     let headers = message
         .properties
